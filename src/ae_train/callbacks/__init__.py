@@ -1,0 +1,1 @@
+"""Lightning callbacks: debug markers, epoch summaries, logged checkpoints."""

@@ -1,0 +1,22 @@
+"""ModelCheckpoint that logs each save: a hang after VALIDATION END is often the checkpoint write."""
+from __future__ import annotations
+
+import logging
+import time
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from typing_extensions import override
+
+from ..logs import CONSOLE
+
+log = logging.getLogger(__name__)
+
+
+class LoggedModelCheckpoint(ModelCheckpoint):
+    @override
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        log.info("Saving checkpoint %s", filepath)  # written first, so a stuck save still names its file
+        t0 = time.perf_counter()
+        super()._save_checkpoint(trainer, filepath)
+        log.info("Saved checkpoint %s in %.2fs", filepath, time.perf_counter() - t0, extra=CONSOLE)

@@ -1,0 +1,123 @@
+"""DebugCallback: the epoch markers and the every-N-batches progress lines of the debug logs.
+
+Marker order follows the guide: TRAINING END is written when the rank's last training batch is done,
+which is before Lightning runs validation (Lightning calls `on_train_epoch_end` only after the
+epoch's validation, so that hook alone would put TRAINING END after VALIDATION END).
+The per-step path is two clock reads and an integer test; the loss is read from the device (a sync)
+only on logged steps.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from typing_extensions import override
+
+log = logging.getLogger(__name__)
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE / 2**20
+    except OSError:
+        return float("nan")
+
+
+def _marker(text: str) -> str:
+    return f"========== {text} =========="
+
+
+class DebugCallback(Callback):
+    def __init__(self, train_every: int = 500, val_every: int = 20, debug: bool = True):
+        if train_every < 1 or val_every < 1:
+            raise ValueError(f"train_every and val_every must be >= 1, got {train_every}, {val_every}")
+        self.train_every, self.val_every, self.debug = train_every, val_every, debug
+        self._train_open = False  # TRAINING START written, END not yet
+        self._t_epoch = self._t_val = self._t_ready = 0.0
+        self._wait = 0.0  # seconds spent waiting for batches since the last progress line
+        self._t_window = 0.0
+        self._window_batches = 0
+        self._val_batches = 0
+        self._samples = 0
+
+    # ---- training ----
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log.info(_marker(f"EPOCH {trainer.current_epoch} TRAINING START"))
+        self._train_open = True
+        self._t_epoch = self._t_window = self._t_ready = time.perf_counter()
+        self._wait, self._window_batches, self._samples = 0.0, 0, 0
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        self._wait += now - self._t_ready  # time since the previous batch ended: the loader's share
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._t_ready = time.perf_counter()
+        self._window_batches += 1
+        self._samples += len(batch)
+        if self.debug and batch_idx % self.train_every == 0:
+            self._progress_line(trainer, outputs, batch, batch_idx)
+        if batch_idx + 1 >= trainer.num_training_batches:
+            self._end_training(trainer, batch_idx + 1)
+
+    def _progress_line(self, trainer: pl.Trainer, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss_value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float("nan")  # the one sync
+        elapsed = max(1e-9, self._t_ready - self._t_window)
+        cuda = torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+        log.debug("Training step %d, loss=%.6f | Processed %d training batches (epoch %d, global step %d), "
+                  "%.0f samples/s, data wait %.1f%%, rss %.0f MB, cuda %.0f MB",
+                  batch_idx, loss_value, batch_idx + 1, trainer.current_epoch, trainer.global_step,
+                  self._window_batches * len(batch) / elapsed, 100 * self._wait / elapsed, _rss_mb(), cuda)
+        self._t_window, self._wait, self._window_batches = self._t_ready, 0.0, 0
+
+    def _end_training(self, trainer: pl.Trainer, batches: int | None = None) -> None:
+        if self._train_open:
+            self._train_open = False
+            if batches is None:  # cut short: the batches whose end hook ran
+                batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            log.info(_marker(f"EPOCH {trainer.current_epoch} TRAINING END") + " batches=%d time=%.2fs",
+                     batches, time.perf_counter() - self._t_epoch)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end_training(trainer)  # an epoch cut short (limit, stop) still gets its END marker
+
+    # ---- validation ----
+    def _val_name(self, trainer: pl.Trainer) -> str:
+        return "SANITY CHECK" if trainer.sanity_checking else f"EPOCH {trainer.current_epoch} VALIDATION"
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._end_training(trainer)
+        log.info(_marker(f"{self._val_name(trainer)} START"))
+        self._t_val, self._val_batches = time.perf_counter(), 0
+
+    @override
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._val_batches += 1
+        if self.debug and batch_idx % self.val_every == 0:
+            loss = float(outputs.detach()) if isinstance(outputs, torch.Tensor) else float("nan")
+            log.debug("Validation step %d, loss=%.6f (epoch %d)", batch_idx, loss, trainer.current_epoch)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log.info(_marker(f"{self._val_name(trainer)} END") + " batches=%d time=%.2fs",
+                 self._val_batches, time.perf_counter() - self._t_val)
+
+    @property
+    def epoch_samples(self) -> int:
+        return self._samples

@@ -1,0 +1,145 @@
+"""`ae-train` subcommands: fit, make-shards, index, diagnose, collect, config.
+
+Bad input ends with one line `ae-train: error: ...` on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .config import ConfigError, field_docs, load_config, to_yaml
+
+USAGE = """usage: ae-train <command> [args]
+
+commands:
+  fit [--config FILE] [--key=value ...]   train (launches one process per device; see `ae-train config --help`)
+  make-shards --out DIR [options]         write WebDataset shards from a .npy file or synthetic data
+  index SHARDS                            count the samples of existing shards into ae_index.json
+  diagnose LOGS_DIR [--run TS] [--json]   say which rank is stuck where, from the logs
+  collect LOGS_DIR [-o FILE]              bundle logs, config and system state for a bug report
+  config [--config FILE] [--key=value]    print the resolved config; --help lists every key
+"""
+
+
+def _split_config_arg(args: list[str]) -> tuple[str | None, list[str]]:
+    path, rest, i = None, [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--config":
+            if i + 1 >= len(args):
+                raise ConfigError("--config needs a file path")
+            path, i = args[i + 1], i + 2
+            continue
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return path, rest
+
+
+def cmd_fit(args: list[str]) -> int:
+    path, overrides = _split_config_arg(args)
+    cfg = load_config(path, overrides)
+    if "LOCAL_RANK" in os.environ or "RANK" in os.environ:  # we are a rank (our launcher, torchrun, srun)
+        from . import train
+        return train.main(cfg)
+    from . import launcher
+    return launcher.launch(cfg, args)
+
+
+def cmd_config(args: list[str]) -> int:
+    if "--help" in args or "-h" in args:
+        for key, doc, default in field_docs():
+            print(f"--{key}={default!r}\n    {doc}")
+        return 0
+    path, overrides = _split_config_arg(args)
+    print(to_yaml(load_config(path, overrides)), end="")
+    return 0
+
+
+def cmd_make_shards(args: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ae-train make-shards", description="Write WebDataset shards of x.npy vectors.")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--from", dest="source", help=".npy file of shape (N, D) to shard; synthetic data if absent")
+    p.add_argument("--prefix", default="train", help="shard name prefix (default train)")
+    p.add_argument("--num", type=int, default=4000, help="synthetic samples (default 4000)")
+    p.add_argument("--dim", type=int, default=64, help="synthetic vector length (default 64)")
+    p.add_argument("--rank", type=int, default=6, help="rank of the synthetic data (default 6)")
+    p.add_argument("--per-shard", type=int, default=500, help="samples per shard (default 500)")
+    p.add_argument("--sizes", help="explicit comma-separated samples per shard, e.g. 200,13,1,77,300")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-key", default="x.npy")
+    p.add_argument("--demo", action="store_true", help="the demo set: 8 train shards + 2 val shards, dim 64")
+    a = p.parse_args(args)
+    import numpy as np
+
+    from .data.make import split_sizes, synthetic, write_shards
+
+    jobs = []
+    if a.demo:
+        jobs = [("train", synthetic(4000, 64, 6, 0), split_sizes(4000, 500)),
+                ("val", synthetic(1000, 64, 6, 1), split_sizes(1000, 500))]
+    else:
+        sizes = [int(s) for s in a.sizes.split(",")] if a.sizes else None
+        if a.source:
+            if not os.path.isfile(a.source):
+                raise ConfigError(f"--from: file not found: {a.source}")
+            data = np.load(a.source, mmap_mode="r")
+            data = data.reshape(len(data), -1)
+        else:
+            data = synthetic(sum(sizes) if sizes else a.num, a.dim, a.rank, a.seed)
+        jobs = [(a.prefix, data, sizes or split_sizes(len(data), a.per_shard))]
+    for prefix, data, sizes in jobs:
+        try:
+            paths = write_shards(a.out, prefix, data, sizes, a.sample_key)
+        except (FileExistsError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        print(f"wrote {len(paths)} shards ({sum(sizes)} samples of dim {data.shape[1]}) to {a.out}/{prefix}-*.tar")
+    return 0
+
+
+def cmd_index(args: list[str]) -> int:
+    if not args or args[0].startswith("-"):
+        raise ConfigError("usage: ae-train index SHARDS (brace pattern, glob, directory or list file)")
+    from .data.shards import list_shards, write_index
+    from .data.tario import ShardError, count_file
+
+    urls = list_shards(args[0], "index")
+    entries, bad = {}, 0
+    for url in urls:
+        try:
+            entries[url] = count_file(url)
+        except (OSError, ShardError) as e:
+            bad += 1
+            print(f"ae-train: shard {url}: {e} (not indexed)", file=sys.stderr)
+    for path in write_index(entries):
+        print(f"wrote {path}")
+    print(f"indexed {len(entries)} shards, {sum(e['samples'] for e in entries.values())} samples; {bad} unreadable")
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    command, rest = argv[0], argv[1:]
+    from .data.shards import DataError
+
+    commands = {"fit": cmd_fit, "make-shards": cmd_make_shards, "index": cmd_index, "config": cmd_config}
+    try:
+        if command in ("diagnose", "collect"):
+            import importlib
+            return importlib.import_module(f".{command}", __package__).main(rest)
+        if command not in commands:
+            raise ConfigError(f"unknown command '{command}' (commands: fit, make-shards, index, diagnose, collect, config)")
+        return commands[command](rest)
+    except (ConfigError, DataError) as e:
+        if logging.getLogger().handlers:  # inside a rank: the error belongs in its logs as well
+            logging.getLogger("ae_train").error("%s", e)
+        else:
+            print(f"ae-train: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,269 @@
+"""One dataclass tree for the whole run: defaults here, then a YAML file, then `--key=value` flags.
+
+CLI beats file beats defaults. Every key is type-checked; an unknown key or a wrong type raises
+ConfigError naming the key and where it came from (the file or the flag), before any rank starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message is one line that names the key, file or flag."""
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = "data/demo/train-{000000..000007}.tar"
+    """Training shards: a brace pattern (`data/train-{000000..000099}.tar`), a glob, a directory of
+    `.tar` files, or a text file listing one shard per line."""
+    val_shards: str = "data/demo/val-{000000..000001}.tar"
+    """Validation shards, same forms as train_shards; empty string disables validation."""
+    sample_key: str = "x.npy"
+    """Member extension that holds the input vector of each sample (`<key>.x.npy` in the tar)."""
+    batch_size: int = 256
+    """Samples per batch per rank."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0 reads in the rank's main process)."""
+    shuffle: bool = True
+    """Reshuffle shard order (and samples inside each shard) every epoch from seed + epoch."""
+    max_shard_errors: float = 0.1
+    """Unreadable shards tolerated per epoch: a fraction of the epoch's shards when below 1, else a count."""
+
+
+@dataclass
+class ModelConfig:
+    input_dim: int = 64
+    """Length of each input vector (the `.npy` arrays are flattened to this)."""
+    latent_dim: int = 8
+    """Width of the bottleneck."""
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
+    """Encoder hidden widths; the decoder mirrors them."""
+    activation: str = "gelu"
+    """One of relu, gelu, silu, tanh."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_steps: int = 100
+    """Linear warm-up steps before the cosine decay."""
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 5
+    """Epochs to train."""
+    devices: str = "auto"
+    """Ranks per node: an integer, or `auto` (all GPUs, or 2 CPU ranks where there is no GPU)."""
+    accelerator: str = "auto"
+    """`auto`, `gpu`/`cuda` or `cpu`."""
+    num_nodes: int = 1
+    """Nodes in the job."""
+    precision: str = "32-true"
+    """Lightning precision string (`32-true`, `bf16-mixed`, ...)."""
+    gradient_clip_val: float = 1.0
+    """Clip the gradient norm to this; 0 disables clipping."""
+    ddp_timeout_s: int = 1800
+    """Seconds a collective may wait for a lagging rank before the process group gives up."""
+    callbacks: list[str] = field(default_factory=list)
+    """Extra Lightning callbacks as dotted paths (`pkg.module.Class`), built with no arguments."""
+
+
+@dataclass
+class LogConfig:
+    train_every: int = 500
+    """Write a `Training step` line every this many training batches (debug mode)."""
+    val_every: int = 20
+    """Write a `Validation step` line every this many validation batches (debug mode)."""
+    hang_timeout_s: int = 600
+    """Seconds without progress before the watchdog writes HANG SUSPECTED and stack dumps."""
+
+
+@dataclass
+class Config:
+    output_dir: str = "output/ae_demo"
+    """Run directory: logs/, checkpoints/, metrics/ and the resolved config.yaml go here."""
+    debug: bool = False
+    """Per-shard and per-batch lines in the debug logs (DEBUG level); off keeps INFO and up."""
+    seed: int = 0
+    """Seeds the model init and every epoch's data order (seed + epoch)."""
+    resume: str = ""
+    """Empty: fresh run; `auto`: continue from checkpoints/last.ckpt if present; or a checkpoint path."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def _convert(value: Any, typ: Any, where: str, key: str) -> Any:
+    """Check (file values) or parse (flag strings) one value against its annotated type."""
+    from_flag = isinstance(value, str) and where.startswith("flag")
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (item,) = typing.get_args(typ)
+        if from_flag:
+            value = [v for v in value.split(",") if v.strip()] if value.strip() else []
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({where})")
+        return [_convert(v, item, where, key) for v in value]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if from_flag and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r} ({where})")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_flag:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r} ({where})")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_flag:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r} ({where})")
+    if typ is str:
+        # YAML reads `devices: 2` as an int; str fields accept scalars and keep their text.
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r} ({where})")
+    raise TypeError(f"unsupported config type {typ!r} for {key}")
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    """{field name: resolved type} (annotations are strings under `from __future__ import annotations`)."""
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def _set(cfg: Config, dotted: str, value: Any, where: str) -> None:
+    obj, parts = cfg, dotted.split(".")
+    for i, part in enumerate(parts):
+        fields = _fields(obj)
+        if part not in fields:
+            prefix = ".".join(parts[:i])
+            known = ", ".join(sorted((prefix + "." if prefix else "") + k for k in fields))
+            raise ConfigError(f"unknown config key '{dotted}' ({where}); known keys here: {known}")
+        typ = fields[part]
+        if dataclasses.is_dataclass(typ):
+            if i == len(parts) - 1:
+                raise ConfigError(f"'{dotted}' is a section; set one of its keys ({where})")
+            obj = getattr(obj, part)
+            continue
+        if i != len(parts) - 1:
+            raise ConfigError(f"unknown config key '{dotted}' ({where}): '{part}' is not a section")
+        setattr(obj, part, _convert(value, typ, where, dotted))
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.extend(_flatten(v, key + ".") if isinstance(v, dict) else [(key, v)])
+    return out
+
+
+def load_config(path: str | None, overrides: list[str]) -> Config:
+    """Defaults, then the YAML file at `path`, then `--key=value` overrides."""
+    cfg = Config()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {path} is not valid YAML{at}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys")
+        for key, value in _flatten(tree):
+            _set(cfg, key, value, f"file {path}")
+    for arg in overrides:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"bad argument '{arg}': overrides are --key=value (e.g. --data.batch_size=128)")
+        key, value = arg[2:].split("=", 1)
+        _set(cfg, key, value, f"flag --{key}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Value checks a type cannot express; each names its key."""
+    checks = [
+        (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
+        (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (cfg.data.max_shard_errors >= 0, "data.max_shard_errors must be >= 0"),
+        (cfg.model.input_dim >= 1, "model.input_dim must be >= 1"),
+        (cfg.model.latent_dim >= 1, "model.latent_dim must be >= 1"),
+        (all(h >= 1 for h in cfg.model.hidden_dims), "model.hidden_dims must all be >= 1"),
+        (cfg.model.activation in ("relu", "gelu", "silu", "tanh"), "model.activation must be one of relu, gelu, silu, tanh"),
+        (cfg.model.lr > 0, "model.lr must be > 0"),
+        (cfg.trainer.max_epochs >= 1, "trainer.max_epochs must be >= 1"),
+        (cfg.trainer.num_nodes >= 1, "trainer.num_nodes must be >= 1"),
+        (cfg.trainer.devices == "auto" or (cfg.trainer.devices.isdigit() and int(cfg.trainer.devices) >= 1),
+         f"trainer.devices must be a positive integer or auto, got '{cfg.trainer.devices}'"),
+        (cfg.trainer.accelerator in ("auto", "cpu", "gpu", "cuda"), "trainer.accelerator must be auto, cpu, gpu or cuda"),
+        (cfg.trainer.ddp_timeout_s >= 1, "trainer.ddp_timeout_s must be >= 1"),
+        (cfg.log.train_every >= 1, "log.train_every must be >= 1"),
+        (cfg.log.val_every >= 1, "log.val_every must be >= 1"),
+        (cfg.log.hang_timeout_s >= 1, "log.hang_timeout_s must be >= 1"),
+        (bool(cfg.data.train_shards.strip()), "data.train_shards must not be empty"),
+        (bool(cfg.output_dir.strip()), "output_dir must not be empty"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def field_docs() -> list[tuple[str, str, Any]]:
+    """(key, docstring, default) of every leaf, read from the attribute docstrings above (for --help)."""
+    import ast
+    import inspect
+
+    docs: dict[str, dict[str, str]] = {}
+    tree = ast.parse(inspect.getsource(__import__(__name__, fromlist=["x"])))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            body, d = node.body, {}
+            for a, b in zip(body, body[1:]):
+                if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                    d[a.target.id] = " ".join(str(b.value.value).split())
+            docs[node.name] = d
+
+    out: list[tuple[str, str, Any]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for name, typ in _fields(obj).items():
+            value = getattr(obj, name)
+            if dataclasses.is_dataclass(typ):
+                walk(value, prefix + name + ".")
+            else:
+                out.append((prefix + name, docs.get(type(obj).__name__, {}).get(name, ""), value))
+
+    walk(Config(), "")
+    return out
+

@@ -1,0 +1,1 @@
+"""Shards, counts, the epoch plan, the tar reader and the DataModule."""

@@ -1,0 +1,173 @@
+"""The launcher: checks everything a rank would trip on, then starts one process per local rank.
+
+It runs before any rank: bad config, missing shards, an unwritable output_dir or a missing checkpoint
+fail here in seconds with one line. Then it owns the run's timestamp, writes the resolved config,
+starts the ranks with Lightning's environment variables (LOCAL_RANK, NODE_RANK, WORLD_SIZE,
+MASTER_ADDR/PORT; Lightning's DDP strategy sees processes created externally and does not re-launch),
+and watches them: a rank that dies takes the others down at once instead of leaving them in a
+collective until the DDP timeout, and the train log says which rank went and how.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import logs
+from .config import Config, ConfigError, to_yaml
+from .data.datamodule import COUNTS_ENV
+from .data.shards import DataError, list_shards, sample_counts
+
+log = logging.getLogger(__name__)
+CONFIG_MARK = "# written by ae-train: the resolved config of the latest run\n"
+
+
+def resolve_devices(cfg: Config) -> None:
+    import torch
+
+    gpus = torch.cuda.device_count() if cfg.trainer.accelerator != "cpu" else 0
+    if cfg.trainer.accelerator == "auto":
+        cfg.trainer.accelerator = "gpu" if gpus else "cpu"
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not gpus:
+        raise ConfigError("trainer.accelerator: gpu requested but no CUDA device is visible")
+    if cfg.trainer.devices == "auto":
+        cfg.trainer.devices = str(gpus if cfg.trainer.accelerator in ("gpu", "cuda") else 2)
+    if cfg.trainer.accelerator in ("gpu", "cuda") and int(cfg.trainer.devices) > gpus:
+        raise ConfigError(f"trainer.devices: {cfg.trainer.devices} requested, {gpus} GPU(s) visible")
+
+
+def check_output_dir(cfg: Config) -> Path:
+    out = Path(cfg.output_dir)
+    try:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        probe = out / "logs" / f".write_test_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output_dir {cfg.output_dir} is not writable: {e.strerror or e}") from None
+    return out / "logs"
+
+
+def write_config(cfg: Config, out: Path, ts: str) -> None:
+    text = to_yaml(cfg)
+    (out / f"config_{ts}.yaml").write_text(CONFIG_MARK + text)
+    latest = out / "config.yaml"
+    # config.yaml is ours to update; a file the user put there is never overwritten.
+    if not latest.exists() or latest.read_text().startswith(CONFIG_MARK):
+        latest.write_text(CONFIG_MARK + text)
+    else:
+        log.warning("Left %s as it is (not written by ae-train); this run's config is config_%s.yaml", latest, ts)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"code {code} (killed by {signal.Signals(-code).name})"
+        except ValueError:
+            return f"code {code}"
+    return f"code {code}"
+
+
+def launch(cfg: Config, argv: list[str]) -> int:
+    from .train import LAUNCHER_ENV, resume_path
+
+    resolve_devices(cfg)
+    logs_dir = check_output_dir(cfg)
+    resume_path(cfg)  # fails here, before any rank, if the checkpoint is missing or would be overwritten
+    counts: dict[str, int] = {}
+    for key in ("train_shards", "val_shards"):
+        spec = getattr(cfg.data, key)
+        if spec.strip():
+            urls = list_shards(spec, f"data.{key}")
+            counts.update(zip(urls, sample_counts(urls, cfg.data.sample_key, f"data.{key}")))
+
+    ts = logs.new_run_timestamp(logs_dir)
+    train_log = logs.setup_launcher_logging(logs_dir, ts)
+    devices, nodes = int(cfg.trainer.devices), cfg.trainer.num_nodes
+    node_rank = int(os.environ.get("NODE_RANK", 0))
+    world = devices * nodes
+    log.info("Starting training: %d rank(s) on %s, run %s", world, cfg.trainer.accelerator, ts, extra=logs.CONSOLE)
+    log.info("Logs: %s and %s", train_log, logs_dir / f"debug_rank*_{ts}.log", extra=logs.CONSOLE)
+    log.info("Monitor logs with: tail -f %s", train_log, extra=logs.CONSOLE)
+    log.info("Config:\n%s", to_yaml(cfg).rstrip())
+    write_config(cfg, Path(cfg.output_dir), ts)
+    counts_file = logs_dir / f".shard_counts_{ts}.json"
+    counts_file.write_text(json.dumps(counts))
+
+    env = dict(os.environ, **{
+        logs.RUN_TS_ENV: ts, COUNTS_ENV: str(counts_file), LAUNCHER_ENV: "1",
+        "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
+        "MASTER_PORT": os.environ.get("MASTER_PORT", str(_free_port())),
+        "WORLD_SIZE": str(world), "NODE_RANK": str(node_rank),
+    })
+    resolved = [f"--trainer.devices={devices}", f"--trainer.accelerator={cfg.trainer.accelerator}"]
+    cmd = [sys.executable, "-m", "ae_train", "fit", *argv, *resolved]
+    procs: dict[int, subprocess.Popen] = {}
+    for local in range(devices):
+        procs[node_rank * devices + local] = subprocess.Popen(cmd, env=dict(env, LOCAL_RANK=str(local)))
+    return _watch(procs, counts_file)
+
+
+def _watch(procs: dict[int, subprocess.Popen], counts_file: Path) -> int:
+    """Wait for the ranks; the first failure stops the rest. SIGTERM/SIGINT are passed on to the ranks."""
+    received: list[int] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        log.warning("Received %s; passing it to %d rank(s)", signal.Signals(signum).name, len(procs))
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    failed: tuple[int, int] | None = None
+    try:
+        while any(p.poll() is None for p in procs.values()):
+            for rank, p in procs.items():
+                code = p.poll()
+                if code not in (None, 0) and failed is None:
+                    failed = (rank, code)
+                    log.error("Rank %d (pid %d) exited with %s; stopping the other ranks", rank, p.pid,
+                              _describe_exit(code))
+                    _stop(procs)
+            time.sleep(0.2)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        counts_file.unlink(missing_ok=True)
+    codes = {r: p.returncode for r, p in procs.items()}
+    if failed is None and any(codes.values()):
+        failed = next((r, c) for r, c in codes.items() if c)
+        log.error("Rank %d exited with %s", failed[0], _describe_exit(failed[1]))
+    if failed is None:
+        log.info("All %d rank(s) finished", len(procs))
+        return 0
+    return 1
+
+
+def _stop(procs: dict[int, subprocess.Popen], grace_s: float = 10.0) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs.values()):
+        time.sleep(0.1)
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+__all__ = ["launch", "DataError"]

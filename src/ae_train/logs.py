@@ -1,0 +1,212 @@
+"""Logging setup: one timestamp per run, `train_<ts>.log` plus `debug_rank<N>_<ts>.log`, rank 0 owns the console.
+
+Handlers sit on the root logger so Lightning's, torch's and Python's warnings land in the same files;
+every other module only calls `logging.getLogger(__name__)`. A filter stamps `[Rank r/W]` (and
+`Worker w/K` inside DataLoader workers) on each record. After setup, whatever the process writes to
+stdout/stderr (Python prints, C++ banners such as gloo's, tracebacks) goes to the rank's debug log.
+"""
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+FORMAT = "%(asctime)s [%(levelname)s] [%(tag)s] %(message)s"
+RUN_TS_ENV = "AE_TRAIN_RUN_TS"
+# INFO records of these loggers are per-rank detail: debug logs only, never the train log or console.
+DEBUG_ONLY = ("ae_train.data", "ae_train.callbacks.debug", "ae_train.callbacks.watchdog", "stdout", "stderr")
+CONSOLE = {"console": True}  # extra= for the few INFO records the console shows
+
+_state: dict = {"tag": "Launcher", "rank": None, "worker": None, "installed": False, "console": None}
+
+
+def new_run_timestamp(logs_dir: Path) -> str:
+    """YYYYmmdd_HHMMSS, moved forward a second while a run with that stamp already has logs here."""
+    t = time.time()
+    while True:
+        ts = time.strftime("%Y%m%d_%H%M%S", time.localtime(t))
+        if not any(logs_dir.glob(f"*_{ts}.log")):
+            return ts
+        t += 1
+
+
+def set_worker(worker: int, num_workers: int) -> None:
+    """Called at the top of a DataLoader worker's iteration: its records get `Worker w/K`."""
+    _state["worker"] = (worker, num_workers)
+    _state["tag"] = f"{_state['rank_tag']} Worker {worker}/{num_workers}"
+
+
+class _StampFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.tag = _state["tag"]
+        record.in_worker = _state["worker"] is not None
+        return True
+
+
+class _TrainLogFilter(logging.Filter):
+    """Train log: every rank's WARNING+, and rank 0's own INFO (config, summaries, checkpoints)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return _state["rank"] in (0, None) and not record.in_worker and not record.name.startswith(DEBUG_ONLY)
+
+
+class _ConsoleFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        return _state["rank"] in (0, None) and getattr(record, "console", False)
+
+
+class _SafeFileHandler(logging.handlers.WatchedFileHandler):
+    """WatchedFileHandler reopens after logrotate moves the file; a failed write (disk full, file
+    removed) is reported once on the console and training goes on. `redirect_fds` keeps fd 1/2 on
+    the reopened debug file."""
+
+    redirect_fds = False
+    _reported = False
+
+    def reopenIfNeeded(self) -> None:
+        old = self.stream
+        super().reopenIfNeeded()
+        if self.redirect_fds and self.stream is not old and self.stream is not None:
+            for fd in (1, 2):
+                os.dup2(self.stream.fileno(), fd)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not _SafeFileHandler._reported:
+            _SafeFileHandler._reported = True
+            err = sys.exc_info()[1]
+            console = _state["console"] or sys.__stderr__
+            try:
+                console.write(f"ae-train: cannot write log file {self.baseFilename}: {err}; "
+                              "training continues, further log write errors are not reported\n")
+                console.flush()
+            except Exception:
+                pass
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    pass
+
+
+class _StreamToLogger:
+    """File-like object that turns writes into log records, one per line."""
+
+    def __init__(self, logger: logging.Logger, level: int):
+        self.logger, self.level, self._buf = logger, level, ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._buf += text
+            *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.log(self.level, line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Console: the message without the traceback (that is in the log files)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info = record.exc_text = None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _handler(h: logging.Handler, level: int, *filters: logging.Filter) -> logging.Handler:
+    h.setLevel(level)
+    h.setFormatter(_OneLineFormatter(FORMAT) if isinstance(h, _ConsoleHandler) else logging.Formatter(FORMAT))
+    for f in (_StampFilter(), *filters):
+        h.addFilter(f)
+    return h
+
+
+def _install(handlers: list[logging.Handler], level: int) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+    # Lightning gives its logger a console handler at import and stops propagation: take it back.
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.propagate = True
+    logging.captureWarnings(True)
+    _state["installed"] = True
+
+
+def _console_stream():
+    """The terminal as it was before fd 1 was pointed at the debug log (kept across calls)."""
+    if _state["console"] is None:
+        sys.stdout.flush()
+        _state["console"] = os.fdopen(os.dup(1), "w", buffering=1)
+    return _state["console"]
+
+
+def setup_rank_logging(logs_dir: Path, ts: str, rank: int, world: int, debug: bool) -> dict[str, Path]:
+    """Per-rank files and console; safe to call twice (handlers are replaced, not added)."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"train": logs_dir / f"train_{ts}.log", "debug": logs_dir / f"debug_rank{rank}_{ts}.log"}
+    _state.update(rank=rank, worker=None, rank_tag=f"Rank {rank}/{world}", tag=f"Rank {rank}/{world}")
+    level = logging.DEBUG if debug else logging.INFO
+    debug_file = _SafeFileHandler(paths["debug"], encoding="utf-8")
+    debug_file.redirect_fds = True
+    console = _console_stream()
+    _install([
+        _handler(debug_file, level),
+        _handler(_SafeFileHandler(paths["train"], encoding="utf-8"), logging.INFO, _TrainLogFilter()),
+        _handler(_ConsoleHandler(console), logging.INFO, _ConsoleFilter()),
+    ], level)
+    # From here on every byte the process prints lands in its debug log: C++ writes via fd 1/2,
+    # Python via the stream objects (as log records, so they carry time and rank).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for fd in (1, 2):
+        os.dup2(debug_file.stream.fileno(), fd)
+    sys.stdout = _StreamToLogger(logging.getLogger("stdout"), logging.INFO)
+    sys.stderr = _StreamToLogger(logging.getLogger("stderr"), logging.INFO)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = lambda a: _log_uncaught(a.exc_type, a.exc_value, a.exc_traceback, a.thread.name)
+    return paths
+
+
+def setup_launcher_logging(logs_dir: Path, ts: str) -> Path:
+    """The launcher writes its own lines (rank exits, signals) to the train log and the console."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    path = logs_dir / f"train_{ts}.log"
+    _state.update(rank=None, worker=None, tag="Launcher", rank_tag="Launcher")
+    _install([
+        _handler(_SafeFileHandler(path, encoding="utf-8"), logging.INFO),
+        _handler(_ConsoleHandler(sys.stdout), logging.INFO, _ConsoleFilter()),
+    ], logging.INFO)
+    return path
+
+
+def _log_uncaught(exc_type, exc, tb, thread: str | None = None) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        logging.getLogger("ae_train").error("Interrupted (KeyboardInterrupt)")
+        return
+    where = f" in thread {thread}" if thread else ""
+    logging.getLogger("ae_train").error("Uncaught exception%s: %s: %s", where, exc_type.__name__, exc,
+                                        exc_info=(exc_type, exc, tb))

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Train the autoencoder on every GPU of this node (2 CPU ranks over gloo where there is no GPU).
+#   ./train_ae.sh                                  demo data, made under data/demo/ on first use
+#   ./train_ae.sh --config configs/my.yaml --trainer.max_epochs=20
+# Flags are --key=value overrides of the config (see `ae-train config --help`); later flags win.
+# The console shows the log paths and key lines; everything else goes to OUTPUT_DIR/logs/.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+args=("$@")
+has_config=0
+for a in "$@"; do case "$a" in --config|--config=*) has_config=1 ;; esac; done
+
+if [ "$has_config" = 0 ]; then
+  # No config given: the demo. Its shards are made once; a user's own config never gets demo data.
+  if [ ! -f data/demo/ae_index.json ]; then
+    "$PYTHON" -m ae_train make-shards --demo --out data/demo
+  fi
+  args=(--config configs/demo.yaml "${args[@]}")
+fi
+
+exec "$PYTHON" -m ae_train fit \
+  --debug=true \
+  --resume=auto \
+  "${args[@]}"
