@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"unknown command '{command}' (commands: fit, make-shards, index, diagnose, collect, config)")
         return commands[command](rest)
     except (ConfigError, DataError) as e:
-        if logging.getLogger().handlers:  # inside a rank: the error belongs in its logs as well
+        from .logs import logging_installed
+        if logging_installed():  # the run's logs exist: the error belongs in them as well
             logging.getLogger("ae_train").error("%s", e)
         else:
             print(f"ae-train: error: {e}", file=sys.stderr)

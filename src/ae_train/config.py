@@ -231,6 +231,21 @@ def validate(cfg: Config) -> None:
             raise ConfigError(message)
 
 
+def resume_path(cfg: Config) -> str | None:
+    ckpt_dir = Path(cfg.output_dir) / "checkpoints"
+    if cfg.resume == "auto":
+        last = ckpt_dir / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if cfg.resume:
+        if not Path(cfg.resume).is_file():
+            raise ConfigError(f"resume: checkpoint not found: {cfg.resume}")
+        return cfg.resume
+    if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
+        raise ConfigError(f"output_dir {cfg.output_dir} already holds checkpoints of an earlier run; "
+                          "pass --resume=auto to continue it, or choose another --output_dir")
+    return None
+
+
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 

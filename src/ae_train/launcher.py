@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 from . import logs
-from .config import Config, ConfigError, to_yaml
-from .data.datamodule import COUNTS_ENV
-from .data.shards import DataError, list_shards, sample_counts
+from .config import Config, ConfigError, resume_path, to_yaml
+from .data.shards import COUNTS_ENV, DataError, list_shards, sample_counts
 
 log = logging.getLogger(__name__)
+LAUNCHER_ENV = "AE_TRAIN_LAUNCHER"  # set for the ranks we start; absent under torchrun/srun
 CONFIG_MARK = "# written by ae-train: the resolved config of the latest run\n"
 
 
@@ -65,6 +65,15 @@ def write_config(cfg: Config, out: Path, ts: str) -> None:
         log.warning("Left %s as it is (not written by ae-train); this run's config is config_%s.yaml", latest, ts)
 
 
+class _Held(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,20 +90,28 @@ def _describe_exit(code: int) -> str:
 
 
 def launch(cfg: Config, argv: list[str]) -> int:
-    from .train import LAUNCHER_ENV, resume_path
+    # Cheap checks first (no torch import): a typo is reported in well under a second. What the
+    # checks log (unreadable shards found by the count scan) is held until the train log exists.
+    early = _Held()
+    logging.getLogger().addHandler(early)
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        counts: dict[str, int] = {}
+        for key in ("train_shards", "val_shards"):
+            spec = getattr(cfg.data, key)
+            if spec.strip():
+                urls = list_shards(spec, f"data.{key}")
+                counts.update(zip(urls, sample_counts(urls, cfg.data.sample_key, f"data.{key}")))
+        logs_dir = check_output_dir(cfg)
+        resume_path(cfg)  # fails here, before any rank, if the checkpoint is missing or would be overwritten
+        resolve_devices(cfg)
 
-    resolve_devices(cfg)
-    logs_dir = check_output_dir(cfg)
-    resume_path(cfg)  # fails here, before any rank, if the checkpoint is missing or would be overwritten
-    counts: dict[str, int] = {}
-    for key in ("train_shards", "val_shards"):
-        spec = getattr(cfg.data, key)
-        if spec.strip():
-            urls = list_shards(spec, f"data.{key}")
-            counts.update(zip(urls, sample_counts(urls, cfg.data.sample_key, f"data.{key}")))
-
+    finally:
+        logging.getLogger().removeHandler(early)
     ts = logs.new_run_timestamp(logs_dir)
     train_log = logs.setup_launcher_logging(logs_dir, ts)
+    for record in early.records:
+        logging.getLogger(record.name).handle(record)
     devices, nodes = int(cfg.trainer.devices), cfg.trainer.num_nodes
     node_rank = int(os.environ.get("NODE_RANK", 0))
     world = devices * nodes

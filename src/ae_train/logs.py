@@ -34,6 +34,10 @@ def new_run_timestamp(logs_dir: Path) -> str:
         t += 1
 
 
+def logging_installed() -> bool:
+    return _state["installed"]
+
+
 def set_worker(worker: int, num_workers: int) -> None:
     """Called at the top of a DataLoader worker's iteration: its records get `Worker w/K`."""
     _state["worker"] = (worker, num_workers)

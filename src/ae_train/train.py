@@ -20,14 +20,14 @@ from . import logs
 from .callbacks.checkpoint import LoggedModelCheckpoint
 from .callbacks.debug import DebugCallback
 from .callbacks.summary import EpochSummary
-from .config import Config, ConfigError, to_yaml
+from .config import Config, ConfigError, resume_path, to_yaml
 from .data.datamodule import ShardDataModule
+from .launcher import LAUNCHER_ENV
 from .model import AutoEncoder
 
 log = logging.getLogger(__name__)
 # Lightning's own use of a deprecated torch API, once per rank and fit: noise in every train log.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-LAUNCHER_ENV = "AE_TRAIN_LAUNCHER"  # set by our launcher; absent under torchrun/srun
 
 
 def rank_layout(cfg: Config) -> tuple[int, int, int, int]:
@@ -38,21 +38,6 @@ def rank_layout(cfg: Config) -> tuple[int, int, int, int]:
     node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
     rank = int(os.environ.get("RANK", node * devices + local))
     return rank, world, local, node
-
-
-def resume_path(cfg: Config) -> str | None:
-    ckpt_dir = Path(cfg.output_dir) / "checkpoints"
-    if cfg.resume == "auto":
-        last = ckpt_dir / "last.ckpt"
-        return str(last) if last.is_file() else None
-    if cfg.resume:
-        if not Path(cfg.resume).is_file():
-            raise ConfigError(f"resume: checkpoint not found: {cfg.resume}")
-        return cfg.resume
-    if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
-        raise ConfigError(f"output_dir {cfg.output_dir} already holds checkpoints of an earlier run; "
-                          "pass --resume=auto to continue it, or choose another --output_dir")
-    return None
 
 
 def _user_callbacks(paths: list[str]) -> list[pl.Callback]:

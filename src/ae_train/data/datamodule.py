@@ -12,10 +12,9 @@ from torch.utils.data import DataLoader
 
 from ..config import DataConfig
 from .reader import ShardBatches
-from .shards import list_shards, sample_counts
+from .shards import COUNTS_ENV, list_shards, sample_counts
 
 log = logging.getLogger(__name__)
-COUNTS_ENV = "AE_TRAIN_SHARD_COUNTS"  # file of {url: samples} the launcher resolved once for all ranks
 
 # Our __len__ is exact (the epoch plan), so Lightning's generic caution does not apply.
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")

@@ -19,6 +19,7 @@ from .tario import ShardError, count_file
 
 log = logging.getLogger(__name__)
 INDEX_NAME = "ae_index.json"
+COUNTS_ENV = "AE_TRAIN_SHARD_COUNTS"  # file of {url: samples} the launcher resolved once for all ranks
 
 
 class DataError(ValueError):

@@ -38,7 +38,12 @@ def _octal(field: bytes, what: str, at: int) -> int:
 
 
 def _check_header(block: bytes, at: int) -> None:
-    stored = _octal(block[148:156], "checksum", at)
+    try:
+        stored = _octal(block[148:156], "checksum", at)
+    except ShardError:
+        stored = -1
+    if stored < 0:
+        raise ShardError(f"not a tar file or corrupt header at byte {at} (no checksum)")
     actual = sum(block[:148]) + 8 * 32 + sum(block[156:])
     if stored != actual:
         raise ShardError(f"not a tar file or corrupt header at byte {at} (checksum mismatch)")
