@@ -18,6 +18,8 @@ from ae_train.data.make import synthetic, write_shards
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 DIM = 16
+BS = 8
+EPOCHS = 2
 
 
 def make_shards(directory: Path, sizes: list[int], prefix: str = "train", dim: int = DIM, seed: int = 0) -> list[str]:
@@ -63,3 +65,30 @@ def uneven_shards(tmp_path_factory) -> Path:
     make_shards(d, [200, 13, 1, 77, 300])
     make_shards(d, [50, 31], prefix="val", seed=1)
     return d
+
+
+@pytest.fixture(scope="session")
+def debug_run(uneven_shards, tmp_path_factory) -> Run:
+    """The main run: uneven shards, 2 ranks x 2 workers, debug mode, a warning and a print on rank 1."""
+    out = tmp_path_factory.mktemp("debug_run") / "out"
+    run = fit(out, f"--data.train_shards={uneven_shards}/train-{{000000..000004}}.tar",
+              f"--data.val_shards={uneven_shards}/val-*.tar", f"--data.batch_size={BS}", "--data.num_workers=2",
+              f"--trainer.max_epochs={EPOCHS}", "--debug=true", "--log.train_every=5", "--log.val_every=2",
+              "--trainer.callbacks=ddp_helpers.WarnOnRank1")
+    assert run.proc.returncode == 0, run.console + run.text("*.log")
+    return run
+
+
+@pytest.fixture(scope="session")
+def error_run(tmp_path_factory) -> tuple[Run, Path]:
+    """A run where one shard was corrupted after it was indexed (same size): found at read time."""
+    tmp = tmp_path_factory.mktemp("error_run")
+    paths = make_shards(tmp / "d", [40, 40, 40, 40])
+    bad = Path(paths[2])
+    raw = bytearray(bad.read_bytes())
+    raw[512 * 3:512 * 6] = b"\xff" * (512 * 3)
+    bad.write_bytes(bytes(raw))
+    run = fit(tmp / "out", f"--data.train_shards={tmp}/d", "--data.val_shards=", "--data.batch_size=8",
+              "--data.num_workers=2", "--trainer.max_epochs=1", "--debug=true", timeout=150)
+    assert run.proc.returncode == 0, run.console + run.text("*.log")
+    return run, bad

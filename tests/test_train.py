@@ -9,8 +9,7 @@ import pytest
 
 from conftest import fit, make_shards
 
-BS = 8
-EPOCHS = 2
+from conftest import BS, EPOCHS
 MARKER = re.compile(r"========== (SANITY CHECK|EPOCH (\d+) (TRAINING|VALIDATION)) (START|END) ==========(?: batches=(\d+))?")
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\] \[(Rank \d+/\d+(?: Worker \d+/\d+)?|Launcher)\] ")
 
@@ -31,17 +30,6 @@ def expected_order(epochs: int) -> list[str]:
         order += [f"EPOCH {e} TRAINING START", f"EPOCH {e} TRAINING END",
                   f"EPOCH {e} VALIDATION START", f"EPOCH {e} VALIDATION END"]
     return order
-
-
-@pytest.fixture(scope="module")
-def debug_run(uneven_shards, tmp_path_factory):
-    out = tmp_path_factory.mktemp("debug_run") / "out"
-    run = fit(out, f"--data.train_shards={uneven_shards}/train-{{000000..000004}}.tar",
-              f"--data.val_shards={uneven_shards}/val-*.tar", f"--data.batch_size={BS}", "--data.num_workers=2",
-              f"--trainer.max_epochs={EPOCHS}", "--debug=true", "--log.train_every=5", "--log.val_every=2",
-              "--trainer.callbacks=ddp_helpers.WarnOnRank1")
-    assert run.proc.returncode == 0, run.console + run.text("*.log")
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -176,16 +164,9 @@ def test_fit_uneven_layouts_finish_with_equal_batches(tmp_path, sizes, batches):
         assert "padded 11" in run.text("debug_rank0_*.log")
 
 
-def test_fit_read_error_is_logged_everywhere_and_ranks_stay_equal(tmp_path):
+def test_fit_read_error_is_logged_everywhere_and_ranks_stay_equal(error_run):
     """A shard corrupted after indexing: ERROR names the shard in the rank's debug log and the train log."""
-    paths = make_shards(tmp_path / "d", [40, 40, 40, 40])
-    bad = Path(paths[2])
-    raw = bytearray(bad.read_bytes())
-    raw[512 * 3:512 * 6] = b"\xff" * (512 * 3)  # same size, so the index still matches: found at read time
-    bad.write_bytes(bytes(raw))
-    run = fit(tmp_path / "out", f"--data.train_shards={tmp_path}/d", "--data.val_shards=", "--data.batch_size=8",
-              "--data.num_workers=2", "--trainer.max_epochs=1", "--debug=true", timeout=150)
-    assert run.proc.returncode == 0, run.console + run.text("*.log")
+    run, bad = error_run
     errors = sh('grep "ERROR.*shard" debug_rank*.log', run.logs)
     assert f"Error reading shard {bad}" in errors
     assert f"Error reading shard {bad}" in sh("grep ERROR train_*.log", run.logs)

@@ -1,0 +1,50 @@
+"""Every command in README and docs/LOGGING*.md runs against real logs and finds what it promises."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+DOCS = [ROOT / "docs" / "LOGGING.md", ROOT / "docs" / "LOGGING.zh-CN.md"]
+ERROR_COMMANDS = ("grep ERROR", 'grep "ERROR.*shard"')  # need a run that had errors
+
+
+def bash_commands(path: Path, prefixes=("grep", "tail")) -> list[str]:
+    """Command lines of ```bash blocks, without trailing comments."""
+    blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), re.S)
+    lines = [ln for b in blocks for ln in b.splitlines()]
+    return [re.sub(r"\s+#.*$", "", ln).strip() for ln in lines if ln.startswith(prefixes)]
+
+
+def run_doc_command(cmd: str, logs: Path) -> str:
+    if cmd.startswith("tail -f"):
+        cmd = "timeout 1 " + cmd  # follow for a second, then stop
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=30, env={"LOGS": str(logs), "PATH": "/usr/bin:/bin"})
+    return r.stdout
+
+
+def test_docs_both_languages_hold_the_same_commands():
+    en, zh = (bash_commands(p, ("grep", "tail", "./train_ae.sh", "LOGS=")) for p in DOCS)
+    assert en == zh
+    assert len(bash_commands(DOCS[0])) >= 14
+
+
+@pytest.mark.parametrize("cmd", bash_commands(DOCS[0]))
+def test_docs_command_finds_its_lines(cmd, debug_run, error_run):
+    logs = error_run[0].logs if cmd.startswith(ERROR_COMMANDS) else debug_run.logs
+    out = run_doc_command(cmd, logs)
+    assert out.strip(), f"`{cmd}` found nothing in {logs}"
+    if cmd.startswith(ERROR_COMMANDS):
+        assert "Error reading shard" in out
+    if "EPOCH" in cmd:
+        assert "TRAINING START" in out and "VALIDATION END" in out
+
+
+def test_docs_error_greps_are_empty_on_a_clean_run(debug_run):
+    for cmd in bash_commands(DOCS[0]):
+        if cmd.startswith(ERROR_COMMANDS):
+            assert run_doc_command(cmd, debug_run.logs) == ""
