@@ -89,6 +89,7 @@ def error_run(tmp_path_factory) -> tuple[Run, Path]:
     raw[512 * 3:512 * 6] = b"\xff" * (512 * 3)
     bad.write_bytes(bytes(raw))
     run = fit(tmp / "out", f"--data.train_shards={tmp}/d", "--data.val_shards=", "--data.batch_size=8",
-              "--data.num_workers=2", "--trainer.max_epochs=1", "--debug=true", timeout=150)
+              "--data.num_workers=2", "--trainer.max_epochs=1", "--debug=true", "--data.max_shard_errors=1",
+              timeout=150)
     assert run.proc.returncode == 0, run.console + run.text("*.log")
     return run, bad

@@ -13,3 +13,34 @@ class WarnOnRank1(Callback):
         if trainer.global_rank == 1:
             warnings.warn("rank-one test warning: disk is 99% full", UserWarning)
             print("stray print from rank 1")
+
+
+class SlowSteps(Callback):
+    """30 ms per training batch: long enough epochs to interrupt one in the middle."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+        time.sleep(0.03)
+
+
+class CrashOnRank1(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == 1 and batch_idx == 3:
+            raise RuntimeError("injected failure on rank 1")
+
+
+class KillRank1(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == 1 and batch_idx == 3:
+            import os
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DeleteShardAfterEpoch0(Callback):
+    """Removes the shard named by $AE_TEST_DELETE once epoch 0 is done: a file that vanished mid-run."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        import os
+        if trainer.global_rank == 0 and trainer.current_epoch == 0:
+            os.remove(os.environ["AE_TEST_DELETE"])

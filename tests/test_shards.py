@@ -28,11 +28,32 @@ def test_shards_counts_from_index_then_header_scan(tmp_path, caplog):
     paths = make_shards(tmp_path, [3, 4, 5])
     index = json.loads((tmp_path / INDEX_NAME).read_text())["shards"]
     assert index["train-000001.tar"]["exts"]["x.npy"] == 4
-    assert sample_counts(paths, "x.npy", "k") == [3, 4, 5]
+    assert sample_counts(paths, "x.npy", "k") == ([3, 4, 5], {})
     (tmp_path / INDEX_NAME).unlink()
     with caplog.at_level("INFO"):
-        assert sample_counts(paths, "x.npy", "k") == [3, 4, 5]
+        assert sample_counts(paths, "x.npy", "k") == ([3, 4, 5], {})
     assert "counted 3 of 3 shards by tar header scan" in caplog.text
     write_index({p: count_file(p) for p in paths})
-    with pytest.raises(DataError, match="holds a sample with 'y.npy'"):
+    with pytest.raises(DataError, match="holds a readable sample with 'y.npy'"):
         sample_counts(paths, "y.npy", "data.train_shards")
+
+
+def test_shards_problems_are_reported_not_fatal(tmp_path):
+    import numpy as np
+    import webdataset as wds
+
+    paths = make_shards(tmp_path, [3, 4])
+    garbage = tmp_path / "train-000002.tar"
+    garbage.write_bytes(b"no tar here" * 100)
+    empty = tmp_path / "train-000003.tar"
+    empty.write_bytes(b"\0" * 10240)
+    partial = tmp_path / "train-000004.tar"
+    with wds.TarWriter(str(partial)) as sink:
+        sink.write({"__key__": "a", "x.npy": np.zeros(16, np.float32)})
+        sink.write({"__key__": "b", "y.npy": np.zeros(16, np.float32)})
+    urls = paths + [str(garbage), str(empty), str(partial)]
+    counts, problems = sample_counts(urls, "x.npy", "k")
+    assert counts == [3, 4, 0, 0, 1]
+    assert problems[str(garbage)].startswith("not a tar file")
+    assert problems[str(empty)] == "holds no samples (empty tar); skipped"
+    assert problems[str(partial)] == "1 of 2 samples have no 'x.npy' member; those are skipped"

@@ -17,8 +17,9 @@ commands:
   fit [--config FILE] [--key=value ...]   train (launches one process per device; see `ae-train config --help`)
   make-shards --out DIR [options]         write WebDataset shards from a .npy file or synthetic data
   index SHARDS                            count the samples of existing shards into ae_index.json
-  diagnose LOGS_DIR [--run TS] [--json]   say which rank is stuck where, from the logs
-  collect LOGS_DIR [-o FILE]              bundle logs, config and system state for a bug report
+  diagnose LOGS_DIR [--run TS] [--json] [--plot PNG] [--stall-after S]
+                                          say which rank is stuck where, from the logs
+  collect LOGS_DIR [--run TS] [-o FILE]   bundle logs, config and system state for a bug report
   config [--config FILE] [--key=value]    print the resolved config; --help lists every key
 """
 

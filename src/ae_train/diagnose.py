@@ -3,15 +3,18 @@
 Standard library only and log files only (the contract is docs/LOG_FORMAT.md): it has to start at once
 on a login node beside a hung job, where importing torch takes longer than the diagnosis. Each file is
 read once, line by line, in binary (a torn UTF-8 sequence cannot stop it), keeping per-rank state only:
-the hot path (step and shard lines, the bulk of a debug log) costs two bounded `find`s and a
-`startswith`; everything else is rare and parsed with regular expressions. Times are the logs' own
-local times, so ages are right when diagnosing on a machine in the same time zone as the run.
+the hot path (step and shard lines, the bulk of a debug log) costs two bounded `find`s and one slice
+compare; everything else is rare and parsed with regular expressions. Big runs scan their files in
+parallel processes. Times are the logs' own local times, so ages are right when diagnosing on a
+machine in the run's time zone. The verdict rules and the text form live in diagnose_rules.py.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import logging
+import os
 import re
 import sys
 import time
@@ -30,7 +33,8 @@ TAG = re.compile(rb"Rank (\d+)/(\d+)(?: Worker (\d+)/(\d+))?")
 HEADER = re.compile(rb"Debug log of rank (\d+)/(\d+): (.*)")
 MARKER = re.compile(rb"=+ (?:EPOCH (\d+) )?(SANITY CHECK|TRAINING|VALIDATION) (START|END) =+")
 PROCESSING = re.compile(rb"Processing (\d+)/(\d+) files from (\S+) \(epoch (\d+), (\d+) samples, (\d+) batches")
-COMPLETED = re.compile(rb"COMPLETED iteration, total samples: (\d+) \(epoch (\d+), batches (\d+)")
+# The reader may end the parentheses with the split (`..., 0.1s, val_shards)`): it beats the tag's guess.
+COMPLETED = re.compile(rb"COMPLETED iteration, total samples: (\d+) \(epoch (\d+), batches (\d+)(?:[^)]*, ([A-Za-z_]\w*)\))?")
 SHARD_ERROR = re.compile(rb"Error reading shard (.+?): (.*)")
 HANG = re.compile(rb"HANG SUSPECTED: no progress for (\d+) s in (.*?) \(last event: (.*)\)")
 DUMP = re.compile(rb"Stack dump of (.*?)(?: \(pid (\d+)\))?, reason: (.*)")
@@ -50,7 +54,8 @@ WAIT_TEXT = {"data": "main thread waits for DataLoader workers", "io": "blocked 
 # Raw lines (C++ output through fd 2) that name a distributed failure.
 RAW_ALERTS = (b"Watchdog caught collective", b"collective operation timeout", b"NCCL error", b"ncclInternalError",
               b"Connection reset by peer", b"Connection closed by peer", b"Gloo connectFullMesh failed")
-CAP = 2000  # events kept per rank for the plot; counts go on regardless
+log = logging.getLogger(__name__)
+CAP = 2000  # markers and alerts kept per rank for the plot (the latest); counts go on regardless
 
 
 class DiagnoseError(Exception):
@@ -71,6 +76,10 @@ def _ts(t: float | None) -> str | None:
 
 def _s(b: bytes) -> str:
     return b.decode("utf-8", "replace").rstrip()
+
+
+def _num(v: str | None):
+    return int(v) if v and v.isdigit() else v
 
 
 def _worker(tag: bytes) -> int | None:
@@ -115,17 +124,19 @@ class _Rank:
         self.path, self.rank, self.world, self.header = path, rank, None, {}
         self.lines, self.last, self.last_step, self.prev_step, self.step_n, self.last_val = 0, None, None, None, 0, None
         self.phase, self.epoch, self.in_sanity, self.marker, self.marker_n = "starting", None, False, None, 0
-        self.timeline: list = []           # (t, phase) at each marker
+        self.starts = deque(maxlen=2)      # times of the last two TRAINING START markers: an epoch's length
+        self.timeline = deque(maxlen=CAP)  # (t, phase) at each marker: the latest matter most
         self.train_end: dict = {}          # epoch -> (t, batches)
         self.val_end: dict = {}
         self.pending: dict = {}            # worker tag -> its Opening shard line without a Finished yet
         self.split: dict = {}              # worker tag -> split of its latest Processing line
-        self.loads: dict = {}              # (split, epoch) -> {tag: [files, of, t_start, t_done, batches_done]}
+        # (split, epoch) -> {tag: [files, of, t_start, t_done, batches_done, batches_planned]}
+        self.loads: dict = {}
         self.pids: dict = {}
         self.errors = self.shard_errors = self.hangs = 0
         self.last_error = self.last_shard_error = self.last_hang = self.ckpt = self.finished = None
-        self.raw_alert, self.hang_active, self.events = None, False, []
-        self.dumps, self.dump, self.dump_n = deque(maxlen=4), None, 0
+        self.raw_alert, self.hang_active, self.events = None, False, deque(maxlen=CAP)
+        self.dumps, self.dump, self.dump_n, self.t_rare = deque(maxlen=4), None, 0, None
 
     def scan(self) -> "_Rank":
         pending, rare, last, last_step, prev_step, step_n, last_val, n = self.pending, self._rare, None, None, None, 0, None, 0
@@ -136,17 +147,18 @@ class _Rank:
                 if m < 0:
                     self._raw(line, n)
                     continue
-                p = m + 2
-                if line.startswith(b"Opening shard ", p):
+                # One 14-byte slice compared with constants: cheaper than a chain of startswith calls.
+                head = line[m + 2:m + 16]
+                if head == b"Opening shard ":
                     pending[line[k + 3:m]] = last = line
-                elif line.startswith(b"Finished shard ", p):  # a worker reads one shard at a time
+                elif head == b"Finished shard":  # a worker reads one shard at a time
                     pending.pop(line[k + 3:m], None)
                     last = line
-                elif line.startswith(b"Training step ", p):
+                elif head == b"Training step ":
                     prev_step, last_step, last, step_n = last_step, line, line, n
-                elif line.startswith(b"Validation step ", p):
+                elif head == b"Validation ste":
                     last_val = last = line
-                elif rare(line, k, m, p, n):
+                elif rare(line, k, m, m + 2, n):
                     last = line
         self.lines, self.last, self.last_step, self.prev_step, self.step_n, self.last_val = n, last, last_step, prev_step, step_n, last_val
         return self
@@ -166,7 +178,7 @@ class _Rank:
     def _dump_start(self, line: bytes, p: int, n: int, t: float | None) -> None:
         m = DUMP.match(line, p)
         who, pid, reason = (_s(m.group(1)), m.group(2) and int(m.group(2)), _s(m.group(3))) if m else ("?", None, "?")
-        self.dump = {"line": n, "time": t or _t(self.last or b""), "who": who, "pid": pid, "reason": reason,
+        self.dump = {"line": n, "time": t or self.t_rare, "who": who, "pid": pid, "reason": reason,
                      "threads": 0, "frames": [], "waits": None, "_frame_next": False}
         self.dump_n = n
         self.dumps.append(self.dump)
@@ -186,10 +198,6 @@ class _Rank:
                         d["waits"] = kind
                     break
 
-    def _event(self, t, kind) -> None:
-        if len(self.events) < CAP:
-            self.events.append((t, kind))
-
     def _rare(self, line: bytes, k: int, m: int, p: int, n: int) -> bool:
         """Any line but steps and shard open/finish. Returns False for watchdog lines, which are not progress."""
         s = line[p:].rstrip(b"\r\n")
@@ -199,7 +207,8 @@ class _Rank:
                 self._dump_line(s)
                 return False
             self.dump = None
-        tag, t = line[k + 3:m], _t(line)
+        tag = line[k + 3:m]
+        t = self.t_rare = _t(line)  # also the time of a raw dump header, which has none of its own
         if s.startswith(b"=========="):
             self._marker(s, t, n)
         elif s.startswith(b"Processing "):
@@ -208,11 +217,13 @@ class _Rank:
                 split, ep = _s(mm.group(3)), int(mm.group(4))
                 self.split[tag] = split
                 self.pending.pop(tag, None)  # a new iteration: an old open shard was abandoned, not stuck
-                self.loads.setdefault((split, ep), {})[tag] = [int(mm.group(1)), int(mm.group(2)), t, None, None]
+                self.loads.setdefault((split, ep), {})[tag] = [int(mm.group(1)), int(mm.group(2)), t, None, None,
+                                                               int(mm.group(6))]
         elif s.startswith(b"COMPLETED iteration"):
             mm = COMPLETED.match(s)
             if mm:
-                rec = self.loads.get((self.split.get(tag), int(mm.group(2))), {}).get(tag)
+                split = _s(mm.group(4)) if mm.group(4) else self.split.get(tag)
+                rec = self.loads.get((split, int(mm.group(2))), {}).get(tag)
                 if rec is not None:
                     rec[3], rec[4] = t, int(mm.group(3))
                 self.pending.pop(tag, None)
@@ -223,12 +234,12 @@ class _Rank:
             o = self.pending.get(tag)
             if mm and o is not None and mm.group(1) in o:
                 del self.pending[tag]
-            self._event(t, "error")
+            self.events.append((t, "error"))
         elif s.startswith(b"HANG SUSPECTED"):
             mm = HANG.match(s)
             self.hangs, self.hang_active = self.hangs + 1, True
             self.last_hang = (t, *(_s(g) for g in mm.groups())) if mm else (t, "?", "?", _s(s))
-            self._event(t, "hang")
+            self.events.append((t, "hang"))
             return False
         elif s.startswith(b"Stack dump of "):
             self._dump_start(s, 0, n, t)
@@ -246,6 +257,7 @@ class _Rank:
             if mm:
                 self.world = int(mm.group(2))
                 self.header = dict(kv.split("=", 1) for kv in _s(mm.group(3)).split() if "=" in kv)
+                self.timeline.append((t, "starting"))  # the lane of the plot begins with the process
                 if self.header.get("pid", "").isdigit():
                     self.pids[int(self.header["pid"])] = f"rank {self.rank}"
         elif s.startswith(b"Saving checkpoint "):
@@ -258,7 +270,7 @@ class _Rank:
         elif line.startswith(b"[ERROR]", 24) or line.startswith(b"[CRITICAL]", 24):
             self.errors += 1
             self.last_error = (t, _s(s)[:300])
-            self._event(t, "error")
+            self.events.append((t, "error"))
         if self.world is None and (mm := TAG.match(tag)):
             self.world = int(mm.group(2))
         return True
@@ -276,6 +288,8 @@ class _Rank:
             return
         elif what == b"TRAINING":
             phase = "training" if edge == b"START" else "train_end"
+            if edge == b"START" and t is not None:
+                self.starts.append(t)
             if edge == b"END":
                 self.train_end[ep] = (t, batches)
                 if ep in self.val_end:  # Lightning 2 ends the train epoch after validation: epoch done
@@ -287,22 +301,23 @@ class _Rank:
         self.phase, self.marker, self.marker_n = phase, (_s(s.split(b" batches=")[0]), t), n
         if ep is not None:
             self.epoch = ep
-        if len(self.timeline) < CAP:
-            self.timeline.append((t, phase))
+        self.timeline.append((t, phase))
 
 
 def _scan_train(path: Path) -> dict:
     """The train log: launcher lines, the run's end, rank 0's checkpoints, every rank's WARNING/ERROR."""
     out = {"file": path.name, "lines": 0, "last": None, "finished": None, "launcher": [], "ckpt": None,
            "hangs": {}, "errors": {}, "world": None}
+    n = 0
     with open(path, "rb", buffering=1 << 20) as f:
         for n, line in enumerate(f, 1):
             k = line.find(b"] [", 24, 40)
             m = line.find(b"] ", k + 3) if k > 0 else -1
             if m < 0:
                 continue
-            out["lines"], out["last"] = n, line
             tag, s = line[k + 3:m], line[m + 2:].rstrip()
+            if not s.startswith((b"HANG SUSPECTED", b"progress resumed")):  # alerts are not the run moving
+                out["last"] = line
             if tag == b"Launcher":
                 if s.startswith((b"Rank ", b"Received ")) and len(out["launcher"]) < 50:
                     out["launcher"].append((_t(line), _s(s)))
@@ -321,17 +336,41 @@ def _scan_train(path: Path) -> dict:
                 out["hangs"][rank] = out["hangs"].get(rank, 0) + 1
             elif line.startswith(b"[ERROR]", 24):
                 out["errors"][rank] = out["errors"].get(rank, 0) + 1
+    out["lines"] = n
     return out
 
 
-def diagnose_run(logs_dir, run: str | None = None, *, now: float | None = None, stall_after: float = 300.0) -> dict:
-    """Scan every log of the run (latest by default) and return the report: a JSON-ready dict."""
+def _scan(item: tuple) -> object:
+    kind, path, rank = item
+    return _Rank(path, rank).scan() if kind == "debug" else _scan_train(path)
+
+
+def _scan_all(items: list[tuple], jobs: int | None = None) -> list:
+    """Files are independent: big runs spread them over the CPUs (a 2-core box halves the time)."""
+    jobs = min(len(items), jobs or os.cpu_count() or 1)
+    if jobs > 1 and sum(p.stat().st_size for _, p, _ in items) > 64 << 20:
+        try:
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(jobs) as ex:
+                return list(ex.map(_scan, items))
+        except (OSError, RuntimeError) as e:  # no /dev/shm, no fork, a broken pool: do it here
+            log.debug("parallel scan unavailable (%s), scanning sequentially", e)
+    return [_scan(it) for it in items]
+
+
+def diagnose_run(logs_dir, run: str | None = None, *, now: float | None = None, stall_after: float = 300.0,
+                 jobs: int | None = None) -> dict:
+    """Scan every log of the run (latest by default) and return the report: a JSON-ready dict.
+    `now` (epoch seconds) fixes the clock for tests; `stall_after` is the least silence called stuck;
+    `jobs` caps the processes used on big runs (default: one per CPU)."""
     logs, run, files = resolve_run(logs_dir, run)
     t0, now = time.perf_counter(), time.time() if now is None else now
-    ranks = [_Rank(p, r).scan() for r, p in sorted(files["debug"].items())]
-    train = _scan_train(files["train"]) if files["train"] else None
-    from ae_train import diagnose_verdict  # the rules live beside the parser; both are stdlib only
-    report = diagnose_verdict.build(logs, run, ranks, train, now, stall_after)
+    items = [("debug", p, r) for r, p in sorted(files["debug"].items())]
+    items += [("train", files["train"], None)] if files["train"] else []
+    scanned = _scan_all(items, jobs)
+    train = scanned.pop() if files["train"] else None
+    from ae_train.diagnose_rules import build  # after the imports above: it uses this module's helpers
+    report = build(logs, run, scanned, train, now, stall_after)
     report["scan_seconds"] = round(time.perf_counter() - t0, 3)
     return report
 
@@ -345,38 +384,8 @@ def _age(s: float | None) -> str:
 
 def format_report(report: dict) -> str:
     """The per-rank table, then the verdict, as plain text for a terminal."""
-    out = [f"Run {report['run']} in {report['logs_dir']}: {len(report['ranks'])} debug log(s), world size "
-           f"{report['world_size'] or '?'}, state {report['state']}, newest line {_age(report['idle_s'])} ago"]
-    tl = report["train_log"]
-    if tl:
-        out.append(f"train log: {tl['file']}, {tl['lines']} lines, last line {tl['last_time'] or '-'}")
-    head = ("rank", "host", "last progress", "age", "epoch", "phase", "last marker", "step", "batches",
-            "workers done", "errors", "hangs", "open shard (no Finished)")
-    rows = []
-    for r in report["ranks"]:
-        st, w = r["last_step"], r["workers"]
-        open_ = r["unfinished_shards"][0] if r["unfinished_shards"] else None
-        err = f"{r['errors'] + r['shard_errors']}" + (f" ({r['shard_errors']} shard)" if r["shard_errors"] else "")
-        rows.append((str(r["rank"]), r["host"] or "?", (r["last_time"] or "-")[11:19], _age(r["age_s"]),
-                     "-" if r["epoch"] is None else str(r["epoch"]), r["phase_text"],
-                     (r["last_marker"] or {}).get("text", "-").strip("= "), "-" if st is None else str(st["step"]),
-                     " ".join(f"{k[0]}{v}" for k, v in r["batches"].items() if v is not None) or "-",
-                     " ".join(f"{k[0]}{v['completed']}/{v['started']}" for k, v in w.items()) or "-", err,
-                     f"{r['hang_alerts']}" + ("!" if r["hang_active"] else ""),
-                     "-" if open_ is None else f"{open_['url']} (w{open_['worker']}, {_age(open_['age_s'])} ago)"))
-    widths = [max(len(h), *(len(x[i]) for x in rows)) if rows else len(h) for i, h in enumerate(head)]
-    for row in (head, *rows):
-        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    for r in report["ranks"]:
-        if r["last_shard_error"]:
-            e = r["last_shard_error"]
-            out.append(f"rank {r['rank']} last shard error: {e['url']}: {e['message']} ({e['time']})")
-    out.append("")
-    out.append("Verdict:")
-    mark = {"error": "!!", "warning": " !", "info": " -"}
-    for f in report["findings"]:
-        out.append(f"{mark[f['severity']]} {f['message']}")
-    return "\n".join(out)
+    from ae_train.diagnose_rules import format_text
+    return format_text(report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,10 +409,18 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"ae-train diagnose: error: cannot read logs: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    try:
+        print(json.dumps(report, indent=1) if args.json else format_report(report))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        sys.stdout = open(os.devnull, "w")
     if args.plot:
-        from ae_train.diagnose_plot import plot_timeline
-        plot_timeline(report, args.plot)
+        from ae_train.diagnose_plot import PlotUnavailable, plot_timeline
+        try:
+            plot_timeline(report, args.plot)
+        except (PlotUnavailable, OSError) as e:
+            print(f"ae-train diagnose: error: {e}", file=sys.stderr)
+            return 2
         print(f"timeline written to {args.plot}", file=sys.stderr if args.json else sys.stdout)
     return 0
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import logs
 from .config import Config, ConfigError, resume_path, to_yaml
-from .data.shards import COUNTS_ENV, DataError, list_shards, sample_counts
+from .data.shards import COUNTS_ENV, DataError, error_limit, list_shards, sample_counts
 
 log = logging.getLogger(__name__)
 LAUNCHER_ENV = "AE_TRAIN_LAUNCHER"  # set for the ranks we start; absent under torchrun/srun
@@ -97,11 +97,20 @@ def launch(cfg: Config, argv: list[str]) -> int:
     logging.getLogger().setLevel(logging.INFO)
     try:
         counts: dict[str, int] = {}
+        problems: dict[str, str] = {}
         for key in ("train_shards", "val_shards"):
             spec = getattr(cfg.data, key)
             if spec.strip():
                 urls = list_shards(spec, f"data.{key}")
-                counts.update(zip(urls, sample_counts(urls, cfg.data.sample_key, f"data.{key}")))
+                split_counts, split_problems = sample_counts(urls, cfg.data.sample_key, f"data.{key}")
+                counts.update(zip(urls, split_counts))
+                problems.update(split_problems)
+                limit = error_limit(cfg.data.max_shard_errors, len(urls))
+                if len(split_problems) > limit:
+                    url, why = next(iter(split_problems.items()))
+                    raise DataError(f"data.{key}: {len(split_problems)} of {len(urls)} shards cannot be used, over the "
+                                    f"limit of {limit} (data.max_shard_errors={cfg.data.max_shard_errors:g}); "
+                                    f"first: {url}: {why}")
         logs_dir = check_output_dir(cfg)
         resume_path(cfg)  # fails here, before any rank, if the checkpoint is missing or would be overwritten
         resolve_devices(cfg)
@@ -121,7 +130,7 @@ def launch(cfg: Config, argv: list[str]) -> int:
     log.info("Config:\n%s", to_yaml(cfg).rstrip())
     write_config(cfg, Path(cfg.output_dir), ts)
     counts_file = logs_dir / f".shard_counts_{ts}.json"
-    counts_file.write_text(json.dumps(counts))
+    counts_file.write_text(json.dumps({"counts": counts, "problems": problems}))
 
     env = dict(os.environ, **{
         logs.RUN_TS_ENV: ts, COUNTS_ENV: str(counts_file), LAUNCHER_ENV: "1",
@@ -133,48 +142,81 @@ def launch(cfg: Config, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "ae_train", "fit", *argv, *resolved]
     procs: dict[int, subprocess.Popen] = {}
     for local in range(devices):
-        procs[node_rank * devices + local] = subprocess.Popen(cmd, env=dict(env, LOCAL_RANK=str(local)))
+        procs[node_rank * devices + local] = subprocess.Popen(cmd, env=dict(env, LOCAL_RANK=str(local)),
+                                                              preexec_fn=_rank_preexec)
     return _watch(procs, counts_file)
 
 
+def _rank_preexec() -> None:
+    """In each rank before exec: its own process group (so its DataLoader workers can be stopped with
+    it) and SIGTERM if the launcher dies (no orphan ranks holding GPUs)."""
+    os.setpgrp()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+PREEMPTED = {128 + signal.SIGTERM, 128 + signal.SIGINT}  # a rank that saved last.ckpt and stopped
+
+
 def _watch(procs: dict[int, subprocess.Popen], counts_file: Path) -> int:
-    """Wait for the ranks; the first failure stops the rest. SIGTERM/SIGINT are passed on to the ranks."""
+    """Wait for the ranks. A rank that fails stops the rest at once; SIGTERM/SIGINT are passed on so
+    every rank saves last.ckpt at the same step and exits."""
     received: list[int] = []
 
     def forward(signum, _frame):
+        if not received:
+            log.warning("Received %s; asking %d rank(s) to save last.ckpt and stop", signal.Signals(signum).name,
+                        len(procs), extra=logs.CONSOLE)
         received.append(signum)
-        log.warning("Received %s; passing it to %d rank(s)", signal.Signals(signum).name, len(procs))
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     failed: tuple[int, int] | None = None
+    preempted = False
     try:
-        while any(p.poll() is None for p in procs.values()):
+        while True:
+            running = any(p.poll() is None for p in procs.values())
             for rank, p in procs.items():
                 code = p.poll()
-                if code not in (None, 0) and failed is None:
-                    failed = (rank, code)
-                    log.error("Rank %d (pid %d) exited with %s; stopping the other ranks", rank, p.pid,
-                              _describe_exit(code))
-                    _stop(procs)
+                if code in (None, 0) or failed is not None:
+                    continue
+                if code in PREEMPTED:
+                    preempted = True
+                    continue
+                failed = (rank, code)
+                log.error("Rank %d (pid %d) exited with %s; stopping the other ranks", rank, p.pid, _describe_exit(code))
+                _stop(procs)
+            if not running:
+                break
             time.sleep(0.2)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for p in procs.values():  # DataLoader workers of a killed rank: gone with its process group
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         counts_file.unlink(missing_ok=True)
-    codes = {r: p.returncode for r, p in procs.items()}
-    if failed is None and any(codes.values()):
-        failed = next((r, c) for r, c in codes.items() if c)
-        log.error("Rank %d exited with %s", failed[0], _describe_exit(failed[1]))
-    if failed is None:
-        log.info("All %d rank(s) finished", len(procs))
-        return 0
-    return 1
+    if failed is not None:
+        return 1
+    if received or preempted:
+        log.info("Stopped by %s; continue with --resume=auto", signal.Signals(received[0]).name if received else "signal",
+                 extra=logs.CONSOLE)
+        return 128 + (received[0] if received else signal.SIGTERM)
+    log.info("All %d rank(s) finished", len(procs))
+    return 0
 
 
-def _stop(procs: dict[int, subprocess.Popen], grace_s: float = 10.0) -> None:
+def _stop(procs: dict[int, subprocess.Popen], grace_s: float = 5.0) -> None:
+    """SIGTERM to the ranks, then SIGKILL to their process groups (a rank blocked in a collective
+    whose peer died cannot act on SIGTERM)."""
     for p in procs.values():
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -183,7 +225,10 @@ def _stop(procs: dict[int, subprocess.Popen], grace_s: float = 10.0) -> None:
         time.sleep(0.1)
     for p in procs.values():
         if p.poll() is None:
-            p.kill()
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             p.wait()
 
 

@@ -178,10 +178,12 @@ def setup_rank_logging(logs_dir: Path, ts: str, rank: int, world: int, debug: bo
     debug_file.redirect_fds = True
     console = _console_stream()
     _install([
-        _handler(debug_file, level),
+        _handler(debug_file, logging.DEBUG),
         _handler(_SafeFileHandler(paths["train"], encoding="utf-8"), logging.INFO, _TrainLogFilter()),
         _handler(_ConsoleHandler(console), logging.INFO, _ConsoleFilter()),
-    ], level)
+    ], logging.INFO)
+    # Debug mode opens DEBUG for our own per-shard/per-batch lines only, not every library's chatter.
+    logging.getLogger("ae_train").setLevel(level)
     # From here on every byte the process prints lands in its debug log: C++ writes via fd 1/2,
     # Python via the stream objects (as log records, so they carry time and rank).
     sys.stdout.flush()

@@ -21,7 +21,7 @@ def _mlp(widths: list[int], activation: str) -> nn.Sequential:
 
 class AutoEncoder(pl.LightningModule):
     def __init__(self, input_dim: int, latent_dim: int, hidden_dims: list[int], activation: str = "gelu",
-                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100):
+                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, total_steps: int = 1000):
         super().__init__()
         self.save_hyperparameters()
         self.encoder = _mlp([input_dim, *hidden_dims, latent_dim], activation)
@@ -44,7 +44,9 @@ class AutoEncoder(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        total = max(1, self.trainer.estimated_stepping_batches)
+        # total_steps comes from the epoch plan (exact); asking the trainer for it here would build
+        # the train iterator before a resumed run restored its position in the epoch.
+        total = max(1, hp.total_steps)
         warmup = min(hp.warmup_steps, total // 10 + 1)
 
         def factor(step: int) -> float:

@@ -15,10 +15,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from . import logs
 from .callbacks.checkpoint import LoggedModelCheckpoint
 from .callbacks.debug import DebugCallback
+from .callbacks.preemption import PreemptionCallback
+from .callbacks.shard_errors import ShardErrorLimit, TooManyShardErrors
 from .callbacks.summary import EpochSummary
 from .config import Config, ConfigError, resume_path, to_yaml
 from .data.datamodule import ShardDataModule
@@ -68,17 +71,25 @@ def main(cfg: Config) -> int:
         log.info("Monitor logs with: tail -f %s", paths["train"], extra=logs.CONSOLE)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = ShardDataModule(cfg.data, cfg.model.input_dim, cfg.seed)
+    datamodule = ShardDataModule(cfg.data, cfg.model.input_dim, cfg.seed, rank)
     model = AutoEncoder(cfg.model.input_dim, cfg.model.latent_dim, cfg.model.hidden_dims, cfg.model.activation,
-                        cfg.model.lr, cfg.model.weight_decay, cfg.model.warmup_steps)
+                        cfg.model.lr, cfg.model.weight_decay, cfg.model.warmup_steps,
+                        total_steps=datamodule.steps_per_epoch(world) * cfg.trainer.max_epochs)
     has_val = bool(cfg.data.val_shards.strip())
+    ckpt_dir = Path(cfg.output_dir) / "checkpoints"
+    shard_errors = ShardErrorLimit(cfg.data.max_shard_errors)
+    preemption = PreemptionCallback(ckpt_dir)
     callbacks = [
+        *_user_callbacks(cfg.trainer.callbacks),
+        shard_errors,
+        EpochSummary(shard_errors),
+        preemption,
+        # Last of the per-batch hooks: its clock starts after every other callback's batch work, so
+        # "data wait" is the time spent fetching the next batch only.
         DebugCallback(cfg.log.train_every, cfg.log.val_every, cfg.debug),
-        EpochSummary(),
-        LoggedModelCheckpoint(dirpath=Path(cfg.output_dir) / "checkpoints", save_last=True, save_top_k=1,
+        LoggedModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=1,
                               monitor="val_loss" if has_val else "train_loss", mode="min",
                               filename="best-{epoch:03d}"),
-        *_user_callbacks(cfg.trainer.callbacks),
     ]
     strategy = "auto"
     if world > 1:
@@ -101,11 +112,14 @@ def main(cfg: Config) -> int:
         num_sanity_val_steps=2 if has_val else 0,
         log_every_n_steps=1,  # metrics are per epoch; this only silences the too-few-batches warning
     )
-    ckpt = resume_path(cfg)
-    if ckpt:
-        log.info("Resuming from %s", ckpt, extra=logs.CONSOLE)
     t0 = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg))
+    except SIGTERMException:
+        return preemption.exit_code  # last.ckpt saved and logged; resume with --resume=auto
+    except TooManyShardErrors as e:
+        log.error("Stopping: %s", e)
+        return 3
     log.info("Training finished: %d epochs in %.1fs", trainer.current_epoch, time.perf_counter() - t0,
              extra=logs.CONSOLE)
     return 0

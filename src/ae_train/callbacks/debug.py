@@ -50,13 +50,18 @@ class DebugCallback(Callback):
     # ---- training ----
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        log.info(_marker(f"EPOCH {trainer.current_epoch} TRAINING START"))
+        self._start_training(trainer, "")
+
+    def _start_training(self, trainer: pl.Trainer, note: str) -> None:
+        log.info(_marker(f"EPOCH {trainer.current_epoch} TRAINING START") + note)
         self._train_open = True
         self._t_epoch = self._t_window = self._t_ready = time.perf_counter()
         self._wait, self._window_batches, self._samples = 0.0, 0, 0
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if not self._train_open:  # resumed mid-epoch: Lightning skips on_train_epoch_start
+            self._start_training(trainer, f" resumed at batch {batch_idx}")
         now = time.perf_counter()
         self._wait += now - self._t_ready  # time since the previous batch ended: the loader's share
 

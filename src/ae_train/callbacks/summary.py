@@ -19,7 +19,8 @@ def _metric(trainer: pl.Trainer, name: str) -> float:
 
 
 class EpochSummary(Callback):
-    def __init__(self) -> None:
+    def __init__(self, shard_errors=None) -> None:
+        self.shard_errors = shard_errors  # a ShardErrorLimit run before us: its per-split counts
         self._t0 = self._t_last = 0.0
         self._samples = 0
 
@@ -39,8 +40,8 @@ class EpochSummary(Callback):
             return
         loss = _metric(trainer, "val_loss")  # every rank reads: the first read may be a collective
         if trainer.is_global_zero:
-            log.info("Epoch %d val: loss=%.6f batches=%d", trainer.current_epoch, loss,
-                     sum(trainer.num_val_batches), extra=CONSOLE)
+            log.info("Epoch %d val: loss=%.6f batches=%d shard_errors=%d", trainer.current_epoch, loss,
+                     sum(trainer.num_val_batches), self._errors("val_shards"), extra=CONSOLE)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -48,6 +49,9 @@ class EpochSummary(Callback):
         if not trainer.is_global_zero:
             return
         elapsed = max(1e-9, self._t_last - self._t0)
-        log.info("Epoch %d train: loss=%.6f batches=%d time=%.2fs samples/s=%.0f (all ranks)",
+        log.info("Epoch %d train: loss=%.6f batches=%d time=%.2fs samples/s=%.0f shard_errors=%d (all ranks)",
                  trainer.current_epoch, loss, trainer.num_training_batches, elapsed,
-                 self._samples * trainer.world_size / elapsed, extra=CONSOLE)
+                 self._samples * trainer.world_size / elapsed, self._errors("train_shards"), extra=CONSOLE)
+
+    def _errors(self, split: str) -> int:
+        return self.shard_errors.last.get(split, 0) if self.shard_errors else 0

@@ -20,43 +20,68 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 
-def resolve_counts(urls: list[str], sample_key: str, key: str) -> list[int]:
+def resolve_counts(urls: list[str], sample_key: str, key: str) -> tuple[list[int], dict[str, str]]:
+    """The launcher's counts when it made them (one scan for all ranks), else our own."""
     path = os.environ.get(COUNTS_ENV)
     if path and os.path.isfile(path):
         with open(path) as f:
             known = json.load(f)
-        if all(u in known for u in urls):
-            return [int(known[u]) for u in urls]
+        if all(u in known["counts"] for u in urls):
+            return [int(known["counts"][u]) for u in urls], {u: known["problems"][u] for u in urls if u in known["problems"]}
     return sample_counts(urls, sample_key, key)
 
 
 class ShardDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: DataConfig, input_dim: int, seed: int):
+    def __init__(self, cfg: DataConfig, input_dim: int, seed: int, rank: int = 0):
         super().__init__()
-        self.cfg, self.input_dim, self.seed = cfg, input_dim, seed
-        self.splits: dict[str, tuple[list[str], list[int]]] = {}
+        self.cfg, self.input_dim, self.seed, self.rank = cfg, input_dim, seed, rank
+        self.splits: dict[str, tuple[list[str], list[int], dict[str, str]]] = {}
         self.train_set: ShardBatches | None = None
         self.val_set: ShardBatches | None = None
 
     def setup(self, stage: str) -> None:
+        self.load_splits()
+
+    def load_splits(self) -> None:
         for name, spec in (("train_shards", self.cfg.train_shards), ("val_shards", self.cfg.val_shards)):
             if spec.strip() and name not in self.splits:
                 urls = list_shards(spec, f"data.{name}")
-                self.splits[name] = (urls, resolve_counts(urls, self.cfg.sample_key, f"data.{name}"))
-                log.info("%s: %d shards, %d samples", name, len(urls), sum(self.splits[name][1]))
+                counts, problems = resolve_counts(urls, self.cfg.sample_key, f"data.{name}")
+                self.splits[name] = (urls, counts, problems)
+                log.info("%s: %d shards, %d samples", name, len(urls), sum(counts))
+                if self.rank == 0:  # once per run, into the train log as well
+                    for url, why in problems.items():
+                        log.error("Error reading shard %s: %s", url, why)
+
+    def steps_per_epoch(self, world: int) -> int:
+        """Training batches per rank in every epoch (the epoch plan's count, the same on all ranks)."""
+        self.load_splits()
+        total = sum(self.splits["train_shards"][1])
+        return max(1, total // (world * self.cfg.batch_size))
 
     def _dataset(self, name: str, shuffle: bool) -> ShardBatches:
-        urls, counts = self.splits[name]
-        return ShardBatches(urls, counts, name, self.cfg.sample_key, self.input_dim, self.cfg.batch_size,
-                            self.cfg.num_workers, self.trainer.global_rank, self.trainer.world_size,
-                            self.seed, shuffle, self.trainer.current_epoch)
+        urls, counts, problems = self.splits[name]
+        ds = ShardBatches(urls, counts, name, self.cfg.sample_key, self.input_dim, self.cfg.batch_size,
+                          self.cfg.num_workers, self.trainer.global_rank, self.trainer.world_size,
+                          self.seed, shuffle, self.trainer.current_epoch)
+        ds.plan_errors = len(problems)  # shards found broken when counted: errors of every epoch
+        return ds
 
     def _loader(self, ds: ShardBatches) -> DataLoader:
         # batch_size=None: workers yield whole batches; fork keeps the rank's log handlers in workers.
-        return EpochDataLoader(ds, lambda: self.trainer.current_epoch, batch_size=None,
+        return EpochDataLoader(ds, self._epoch_state if ds.name == "train_shards" else self._val_state, batch_size=None,
                                num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(),
                                persistent_workers=False,
                                multiprocessing_context="fork" if self.cfg.num_workers > 0 else None)
+
+    def _epoch_state(self) -> tuple[int, int]:
+        """(epoch about to run, its batches already trained: non-zero only right after a mid-epoch resume)."""
+        loop = self.trainer.fit_loop
+        done = loop.epoch_loop.batch_progress.current.completed if loop.restarting else 0
+        return self.trainer.current_epoch, done
+
+    def _val_state(self) -> tuple[int, int]:
+        return self.trainer.current_epoch, 0
 
     def train_dataloader(self) -> DataLoader:
         self.train_set = self._dataset("train_shards", self.cfg.shuffle)
@@ -73,13 +98,15 @@ class EpochDataLoader(DataLoader):
     """Sets the dataset's epoch right before each iteration, while the workers are not yet forked.
 
     Lightning creates the epoch's iterator after `on_train_epoch_start` (for epoch 0 and after a
-    resume, during setup with the restored epoch), so `epoch_fn()` is the epoch about to run.
+    resume, during setup with the restored epoch), so `state_fn()` gives the epoch about to run.
     """
 
-    def __init__(self, dataset: ShardBatches, epoch_fn, **kwargs):
+    def __init__(self, dataset: ShardBatches, state_fn, **kwargs):
         super().__init__(dataset, **kwargs)
-        self._epoch_fn = epoch_fn
+        self._state_fn = state_fn
 
     def __iter__(self):
-        self.dataset.set_epoch(self._epoch_fn())
+        epoch, done = self._state_fn()
+        self.dataset.set_epoch(epoch)
+        self.dataset.skip_batches = done
         return super().__iter__()

@@ -35,6 +35,8 @@ class ShardBatches(IterableDataset):
         self.plan: EpochPlan = make_plan(counts, world, num_workers, batch_size, seed, epoch, shuffle)
         # Shard errors of this epoch, summed over this rank's workers (forked workers share it).
         self.errors = multiprocessing.Value("i", 0)
+        self.plan_errors = 0  # shards found broken when counted (set by the DataModule)
+        self.skip_batches = 0  # batches of this epoch already trained (a mid-epoch resume)
         self._announced = False
 
     def set_epoch(self, epoch: int) -> None:
@@ -58,6 +60,16 @@ class ShardBatches(IterableDataset):
         if info is not None:
             logs.set_worker(worker, num)
             log.info("Worker started pid=%d", os.getpid())
+        # The DataLoader takes batch i from worker i % K: after a mid-epoch resume each worker drops
+        # the batches the rank already trained on, so the epoch continues with the same data order.
+        skip = len(range(worker, self.skip_batches, num))
+        if skip:
+            log.info("Resuming mid-epoch %d: skipping the %d batch(es) of this worker already trained", self.epoch, skip)
+        for i, batch in enumerate(self._worker_batches(worker)):
+            if i >= skip:
+                yield batch
+
+    def _worker_batches(self, worker: int):
         wp = self.plan.workers[self.rank][worker]  # the plan was made for this many workers
         log.info("Processing %d/%d files from %s (epoch %d, %d samples, %d batches)",
                  wp.shards, len(self.urls), self.name, self.epoch, wp.samples, wp.batches)
@@ -68,10 +80,14 @@ class ShardBatches(IterableDataset):
             try:
                 rows = self._open(piece)
             except (OSError, ShardError) as e:
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+                if piece.start > 0:  # the reader of the shard's first samples reports and counts it
+                    log.debug("Skipping the rest of shard %s: %s", self.urls[piece.shard], reason)
+                    continue
                 errors += 1
                 with self.errors.get_lock():
                     self.errors.value += 1
-                log.error("Error reading shard %s: %s", self.urls[piece.shard], e)
+                log.error("Error reading shard %s: %s; skipped", self.urls[piece.shard], reason)
                 continue
             t_shard = time.perf_counter()
             order = rng.permutation(len(rows)) if self.shuffle else np.arange(len(rows))

@@ -26,6 +26,11 @@ class DataError(ValueError):
     """Bad data configuration: one line naming the key and the files."""
 
 
+def error_limit(max_shard_errors: float, num_shards: int) -> int:
+    """data.max_shard_errors as a shard count: a fraction of the split when below 1, else a count."""
+    return int(max_shard_errors * num_shards) if max_shard_errors < 1 else int(max_shard_errors)
+
+
 def list_shards(spec: str, key: str) -> list[str]:
     """Brace pattern, glob, directory of .tar files, or a text file listing one shard per line."""
     spec = spec.strip()
@@ -87,28 +92,34 @@ def write_index(entries: dict[str, dict]) -> list[str]:
     return written
 
 
-def sample_counts(urls: list[str], sample_key: str, key: str) -> list[int]:
-    """Samples holding `sample_key` in each shard, from the index or a header scan."""
+def sample_counts(urls: list[str], sample_key: str, key: str) -> tuple[list[int], dict[str, str]]:
+    """Samples holding `sample_key` in each shard (from the index or a header scan), and the problems
+    found on the way as {url: reason}: unreadable, empty, or samples without `sample_key`. A shard
+    with a problem keeps only its good samples (none if unreadable); the caller logs the problems."""
     cache: dict = {}
-    counts, scanned, t0 = [], 0, time.perf_counter()
+    counts, problems, scanned, t0 = [], {}, 0, time.perf_counter()
+    ext = sample_key.lower()
     for url in urls:
         entry = _load_index(os.path.dirname(url) or ".", cache).get(os.path.basename(url))
-        size = os.path.getsize(url)
-        if entry is None or entry.get("bytes") != size:
-            try:
+        try:
+            size = os.path.getsize(url)
+            if entry is None or entry.get("bytes") != size:
+                scanned += 1
                 entry = count_file(url)
-            except ShardError as e:
-                # Counted as empty: the plan never assigns it; the reader would only fail on it.
-                log.error("Error reading shard %s: %s (skipped for this run)", url, e)
-                entry = {"bytes": size, "samples": 0, "exts": {}}
-            scanned += 1
-        counts.append(int(entry["exts"].get(sample_key.lower(), 0)))
+        except (OSError, ShardError) as e:
+            problems[url] = f"{e.strerror if isinstance(e, OSError) and e.strerror else e}; skipped"
+            counts.append(0)
+            continue
+        n = int(entry["exts"].get(ext, 0))
+        if entry["samples"] == 0:
+            problems[url] = "holds no samples (empty tar); skipped"
+        elif n < entry["samples"]:
+            problems[url] = f"{entry['samples'] - n} of {entry['samples']} samples have no '{sample_key}' member; those are skipped"
+        counts.append(n)
     if scanned:
         log.info("%s: counted %d of %d shards by tar header scan in %.1fs (not in %s; `ae-train index` saves this)",
                  key, scanned, len(urls), time.perf_counter() - t0, INDEX_NAME)
-    empty = [u for u, c in zip(urls, counts) if c == 0]
-    if empty:
-        log.warning("%s: %d shard(s) hold no '%s' samples and are skipped, e.g. %s", key, len(empty), sample_key, empty[0])
     if sum(counts) == 0:
-        raise DataError(f"{key}: none of the {len(urls)} shards holds a sample with '{sample_key}' (data.sample_key)")
-    return counts
+        raise DataError(f"{key}: none of the {len(urls)} shards holds a readable sample with '{sample_key}' "
+                        f"(data.sample_key), e.g. {urls[0]}: {problems.get(urls[0], 'no such member')}")
+    return counts, problems

@@ -1,0 +1,57 @@
+"""ShardErrorLimit: count unreadable shards per epoch across ranks and stop when too much data is broken.
+
+Workers skip a broken shard and pad so batch counts stay equal; this callback adds up the skips of
+all ranks at the end of each training and validation epoch (one all-reduce, the same point on every
+rank) and raises TooManyShardErrors on every rank at once when the count passes
+`data.max_shard_errors` (a fraction of the split's shards when below 1, else a count).
+"""
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from typing_extensions import override
+
+from ..data.shards import error_limit
+
+log = logging.getLogger(__name__)
+
+
+class TooManyShardErrors(RuntimeError):
+    pass
+
+
+class ShardErrorLimit(Callback):
+    def __init__(self, max_shard_errors: float):
+        if max_shard_errors < 0:
+            raise ValueError(f"max_shard_errors must be >= 0, got {max_shard_errors}")
+        self.max_shard_errors = max_shard_errors
+        self.last: dict[str, int] = {}  # split name -> shard errors of its latest epoch, all ranks
+
+    def _check(self, trainer: pl.Trainer, dataset, what: str) -> None:
+        if dataset is None:
+            return
+        local = dataset.errors.value + getattr(dataset, "plan_errors", 0) * (trainer.global_rank == 0)
+        total = int(trainer.strategy.reduce(torch.tensor(local, dtype=torch.float64), reduce_op="sum"))
+        self.last[dataset.name] = total
+        limit = error_limit(self.max_shard_errors, len(dataset.urls))
+        if total and trainer.is_global_zero:
+            log.warning("Epoch %d %s: %d of %d shards of %s could not be read (limit %d, data.max_shard_errors=%g)",
+                        trainer.current_epoch, what, total, len(dataset.urls), dataset.name, limit,
+                        self.max_shard_errors)
+        if total > limit:
+            raise TooManyShardErrors(
+                f"{total} of {len(dataset.urls)} shards of {dataset.name} could not be read in epoch "
+                f"{trainer.current_epoch}, over the limit of {limit} (data.max_shard_errors={self.max_shard_errors:g}); "
+                f"see the ERROR lines naming each shard")
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer, getattr(trainer.datamodule, "train_set", None), "train")
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer, getattr(trainer.datamodule, "val_set", None), "val")

@@ -1,0 +1,77 @@
+"""`ae-train diagnose --plot timeline.png`: one lane per rank over time, so the stuck rank shows at a glance.
+
+Phases are colored bands between the epoch markers; the stretch from a rank's last progress to the
+newest line of the run is hatched (silent); hang alerts, errors and stack dumps are markers. Drawn from
+the report alone (no second pass over the logs). matplotlib is an optional extra, imported here only.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+COLORS = {"starting": "#d9d9d9", "sanity": "#c7b3e5", "after_sanity": "#e6dcf5", "training": "#7fb3e6",
+          "train_end": "#f4a259", "validation": "#8fd18f", "val_end": "#f6d55c", "finished": "#bdbdbd"}
+MARKS = {"hang": ("X", "#d62728", "HANG SUSPECTED"), "error": ("|", "#ff7f0e", "error"),
+         "dump": ("v", "#7b3294", "stack dump")}
+
+
+class PlotUnavailable(RuntimeError):
+    pass
+
+
+def _dt(s: str | None) -> datetime | None:
+    return datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f") if s else None
+
+
+def plot_timeline(report: dict, path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # files only: no display on a login node
+        import matplotlib.dates as mdates
+        import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+    except ImportError as e:
+        raise PlotUnavailable(f'--plot needs matplotlib ({e}): pip install "ae-train[plot]"') from None
+    from ae_train.diagnose import PHASES
+
+    ranks = report["ranks"]
+    end = _dt(report["newest_time"]) or _dt(report["now"])
+    fig, ax = plt.subplots(figsize=(13, 1.6 + 0.45 * max(len(ranks), 1)))
+    seen_phases, seen_marks = set(), set()
+    for y, r in enumerate(ranks):
+        last = _dt(r["last_time"])
+        marks = [(_dt(t), ph) for t, ph in r["timeline"]]
+        bands: dict = {}
+        # Each marker opens a band that lasts until the next marker, the last one until the last progress.
+        for (t0, ph), (t1, _) in zip(marks, marks[1:] + [(last, None)]):
+            if t0 and t1 and t1 >= t0:
+                bands.setdefault(ph, []).append((mdates.date2num(t0), max(mdates.date2num(t1) - mdates.date2num(t0), 1e-7)))
+        for ph, spans in bands.items():  # one call per phase and lane keeps thousands of epochs quick
+            ax.broken_barh(spans, (y - 0.35, 0.7), facecolors=COLORS.get(ph, "#999999"), edgecolor="none")
+            seen_phases.add(ph)
+        if last and end and end > last:
+            ax.broken_barh([(mdates.date2num(last), mdates.date2num(end) - mdates.date2num(last))], (y - 0.35, 0.7),
+                           facecolors="white", edgecolor="#555555", hatch="///", linewidth=0.5)
+            seen_phases.add("silent")
+        events = [(_dt(t), k) for t, k in r["alerts"]] + [(_dt(d["time"]), "dump") for d in r["stack_dumps"]]
+        for kind, (m, color, _) in MARKS.items():
+            xs = [mdates.date2num(t) for t, k in events if k == kind and t]
+            if xs:
+                ax.plot(xs, [y] * len(xs), linestyle="none", marker=m, color=color, markersize=9 if kind != "error" else 12)
+                seen_marks.add(kind)
+    ax.set_yticks(range(len(ranks)))
+    ax.set_yticklabels([f"rank {r['rank']}" + (f" ({r['host']})" if r["host"] else "") for r in ranks])
+    ax.set_ylim(len(ranks) - 0.5, -0.5)  # rank 0 on top
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M:%S"))
+    fig.autofmt_xdate()
+    handles = [Patch(facecolor=COLORS[p], label=PHASES[p][1]) for p in COLORS if p in seen_phases]
+    if "silent" in seen_phases:
+        handles.append(Patch(facecolor="white", edgecolor="#555555", hatch="///", label="silent (no progress)"))
+    handles += [Line2D([], [], linestyle="none", marker=MARKS[k][0], color=MARKS[k][1], label=MARKS[k][2]) for k in MARKS
+                if k in seen_marks]
+    if handles:  # beside the lanes: below them it would collide with the slanted time labels
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    verdict = report.get("verdict") or ""
+    ax.set_title(f"run {report['run']}: {verdict[:110] + ('...' if len(verdict) > 110 else '')}", fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
