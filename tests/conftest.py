@@ -6,7 +6,10 @@ Lightning re-runs sys.argv in each rank, so training never runs inside pytest: e
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
+import time
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,3 +96,63 @@ def error_run(tmp_path_factory) -> tuple[Run, Path]:
               timeout=150)
     assert run.proc.returncode == 0, run.console + run.text("*.log")
     return run, bad
+
+
+def start(out: Path, *flags: str) -> subprocess.Popen:
+    """`ae-train fit` in the background, for tests that signal or inspect a live run."""
+    cmd = [sys.executable, "-m", "ae_train", "fit", f"--output_dir={out}", "--trainer.accelerator=cpu",
+           "--trainer.devices=2", f"--model.input_dim={DIM}", "--model.latent_dim=4", "--model.hidden_dims=32", *flags]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+
+
+def wait_for(path_glob: Path, pattern: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(re.search(pattern, p.read_text()) for p in path_glob.parent.glob(path_glob.name)):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{pattern} not seen in {path_glob} within {timeout}s")
+
+
+def alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text()]
+
+
+def pids_in(text: str) -> list[int]:
+    """Rank and worker PIDs named in logs (debug log headers and `Worker started` lines)."""
+    return [int(p) for p in re.findall(r"(?:Debug log of rank \d+/\d+: host=\S+ pid=|Worker started pid=)(\d+)", text)]
+
+
+@dataclass
+class HangRun:
+    logs: Path
+    console: str
+    returncode: int
+    rank_pid: int
+    worker_pid: int
+
+
+@pytest.fixture(scope="session")
+def hang_run(tmp_path_factory) -> HangRun:
+    """A run that stalls once on rank 0 (watchdog alert, then progress resumed) and gets SIGUSR1 on
+    rank 1 and one of its workers; it finishes normally."""
+    tmp = tmp_path_factory.mktemp("hang_run")
+    make_shards(tmp / "d", [200] * 4)
+    out = tmp / "out"
+    proc = start(out, f"--data.train_shards={tmp}/d", "--data.val_shards=", "--data.batch_size=8",
+                 "--data.num_workers=2", "--trainer.max_epochs=2", "--log.hang_timeout_s=3",
+                 "--trainer.callbacks=ddp_helpers.SlowSteps,ddp_helpers.PauseRank0Once")
+    logs = out / "logs"
+    try:
+        wait_for(logs / "debug_rank1_*.log", r"EPOCH 0 TRAINING START", 90)
+        text = next(logs.glob("debug_rank1_*.log")).read_text()
+        rank_pid = int(re.search(r"Debug log of rank 1/2: host=\S+ pid=(\d+)", text).group(1))
+        worker_pid = int(re.findall(r"\[Rank 1/2 Worker 0/2\] Worker started pid=(\d+)", text)[-1])
+        os.kill(rank_pid, signal.SIGUSR1)
+        os.kill(worker_pid, signal.SIGUSR1)
+        console, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return HangRun(logs, console, proc.returncode, rank_pid, worker_pid)

@@ -44,3 +44,21 @@ class DeleteShardAfterEpoch0(Callback):
         import os
         if trainer.global_rank == 0 and trainer.current_epoch == 0:
             os.remove(os.environ["AE_TEST_DELETE"])
+
+
+class BlockRank1AtEpochEnd(Callback):
+    """Rank 1 never finishes its last training batch: rank 0 goes on to the epoch-end collective and waits."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == 1 and batch_idx + 1 == trainer.num_training_batches:
+            import time
+            time.sleep(3600)
+
+
+class PauseRank0Once(Callback):
+    """Rank 0 stalls 7 s once (epoch 0, batch 10), then goes on: an alert, then `progress resumed`."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == 0 and trainer.current_epoch == 0 and batch_idx == 10:
+            import time
+            time.sleep(7)

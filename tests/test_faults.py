@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from conftest import DIM, ROOT, TESTS, fit, make_shards
+from conftest import DIM, ROOT, alive, fit, make_shards, pids_in, start, wait_for
 from test_train import markers
 
 
@@ -23,14 +23,6 @@ def _tar(path: Path, samples: list[dict]) -> str:
         for i, s in enumerate(samples):
             sink.write({"__key__": f"s{i:04d}", **s})
     return str(path)
-
-
-def _alive(pids: list[int]) -> list[int]:
-    return [p for p in pids if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text()]
-
-
-def _pids(text: str) -> list[int]:
-    return [int(p) for p in re.findall(r"(?:Debug log of rank \d+/\d+: host=\S+ pid=|Worker started pid=)(\d+)", text)]
 
 
 def _ends(run, what="TRAINING END"):
@@ -101,29 +93,13 @@ def test_faults_mostly_broken_data_found_at_read_time_stops_the_run(tmp_path):
     assert "Stopping: 4 of 5 shards" in run.console
 
 
-def _start(out: Path, *flags: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ae_train", "fit", f"--output_dir={out}", "--trainer.accelerator=cpu", "--trainer.devices=2",
-           f"--model.input_dim={DIM}", "--model.latent_dim=4", "--model.hidden_dims=32", *flags]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-
-
-def _wait_for(path_glob: Path, pattern: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(re.search(pattern, p.read_text()) for p in path_glob.parent.glob(path_glob.name)):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{pattern} not seen in {path_glob} within {timeout}s")
-
-
 def test_faults_sigterm_saves_and_resume_continues(tmp_path):
     make_shards(tmp_path / "d", [200] * 6)
     out = tmp_path / "out"
     flags = [f"--data.train_shards={tmp_path}/d", "--data.val_shards=", "--data.batch_size=8", "--data.num_workers=2",
              "--trainer.max_epochs=3", "--debug=true", "--log.train_every=5", "--trainer.callbacks=ddp_helpers.SlowSteps"]
-    proc = _start(out, *flags)
-    _wait_for(out / "logs" / "debug_rank0_*.log", r"Training step 20, .*epoch 1,", 120)
+    proc = start(out, *flags)
+    wait_for(out / "logs" / "debug_rank0_*.log", r"Training step 20, .*epoch 1,", 120)
     proc.send_signal(signal.SIGTERM)
     console, _ = proc.communicate(timeout=60)
     assert proc.returncode == 143, console
@@ -135,7 +111,7 @@ def test_faults_sigterm_saves_and_resume_continues(tmp_path):
     assert "Stopped by SIGTERM; continue with --resume=auto" in console
     all_text = "".join(p.read_text() for p in (out / "logs").glob("*.log"))
     time.sleep(1)
-    assert _alive(_pids(all_text)) == [], "no orphan ranks or workers"
+    assert alive(pids_in(all_text)) == [], "no orphan ranks or workers"
 
     run = fit(out, *flags, "--resume=auto", timeout=150)
     assert run.proc.returncode == 0, run.console + run.text("*.log")
@@ -171,4 +147,4 @@ def test_faults_dead_rank_stops_the_run(tmp_path, helper, exit_text):
         assert "[ERROR] [Rank 1/2] Uncaught exception: RuntimeError: injected failure on rank 1\nTraceback" in train
         assert "injected failure on rank 1\nTraceback" in run.text("debug_rank1_*.log")
     time.sleep(1)
-    assert _alive(_pids(run.text("*.log"))) == []
+    assert alive(pids_in(run.text("*.log"))) == []

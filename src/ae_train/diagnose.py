@@ -48,7 +48,7 @@ BATCHES = re.compile(rb"batches=(\d+)")
 WAITS = (("data", (b" _next_data", b" _get_data", b" _try_get_data")),
          ("collective", (b"distributed_c10d", b" all_reduce", b" barrier", b" broadcast", b" all_gather",
                          b" backward", b"_engine_run_backward")),
-         ("io", (b"tarfile", b" gopen", b" in open", b" in read", b" readinto")))
+         ("io", (b"tarfile", b" gopen", b" in open", b" in _open", b" in read", b" readinto")))
 WAIT_TEXT = {"data": "main thread waits for DataLoader workers", "io": "blocked in file I/O",
              "collective": "in backward/a collective: waits for other ranks or compute"}
 # Raw lines (C++ output through fd 2) that name a distributed failure.
@@ -243,6 +243,8 @@ class _Rank:
             return False
         elif s.startswith(b"Stack dump of "):
             self._dump_start(s, 0, n, t)
+            return False
+        elif s.startswith(b"Resources at hang"):
             return False
         elif s.startswith(b"progress resumed"):
             self.hang_active = False

@@ -114,9 +114,16 @@ def _detail(row: dict) -> str:
     if row["last_time"]:
         parts.append(f"last progress {row['last_time']} ({_age(row['age_s'])} ago)")
     if row["unfinished_shards"]:
-        u = row["unfinished_shards"][0]
-        who = "main process" if u["worker"] is None else f"worker {u['worker']}"
-        parts.append(f"last shard opened without a Finished line: {u['url']} ({who}, opened {u['opened']})")
+        # A worker whose own stack dump is in file I/O is the one stuck on its shard; the other open
+        # shards usually belong to workers paused with a full prefetch queue.
+        in_io = {d["who"].rpartition("worker ")[2].split("/")[0] for d in row["stack_dumps"]
+                 if "worker" in d["who"] and d["waits"] == "io"}
+        blocked = [u for u in row["unfinished_shards"] if u["worker"] is not None and str(u["worker"]) in in_io]
+        for u in blocked or row["unfinished_shards"][:1]:
+            who = "main process" if u["worker"] is None else f"worker {u['worker']}"
+            what = "shard blocked in I/O (its worker's stack dump is in a read)" if blocked else \
+                "last shard opened without a Finished line"
+            parts.append(f"{what}: {u['url']} ({who}, opened {u['opened']})")
     if row["hang_alerts"]:
         h = row["last_hang"]
         parts.append(f"{row['hang_alerts']} HANG SUSPECTED alert(s), last at {h['time']}: no progress for {h['seconds']} s "

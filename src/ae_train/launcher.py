@@ -162,19 +162,23 @@ def _rank_preexec() -> None:
 PREEMPTED = {128 + signal.SIGTERM, 128 + signal.SIGINT}  # a rank that saved last.ckpt and stopped
 
 
-def _watch(procs: dict[int, subprocess.Popen], counts_file: Path) -> int:
+def _watch(procs: dict[int, subprocess.Popen], counts_file: Path, stop_grace_s: float = 120.0) -> int:
     """Wait for the ranks. A rank that fails stops the rest at once; SIGTERM/SIGINT are passed on so
     every rank saves last.ckpt at the same step and exits."""
     received: list[int] = []
 
     def forward(signum, _frame):
-        if not received:
-            log.warning("Received %s; asking %d rank(s) to save last.ckpt and stop", signal.Signals(signum).name,
-                        len(procs), extra=logs.CONSOLE)
         received.append(signum)
+        if len(received) > 1:
+            return  # the watch loop kills the ranks now
+        signalled_at.append(time.monotonic())
+        log.warning("Received %s; asking %d rank(s) to save last.ckpt and stop (a second signal kills them)",
+                    signal.Signals(signum).name, len(procs), extra=logs.CONSOLE)
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+
+    signalled_at: list[float] = []
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     failed: tuple[int, int] | None = None
@@ -194,6 +198,12 @@ def _watch(procs: dict[int, subprocess.Popen], counts_file: Path) -> int:
                 _stop(procs)
             if not running:
                 break
+            if failed is None and signalled_at and (
+                    len(received) > 1 or time.monotonic() - signalled_at[0] > stop_grace_s):
+                log.error("Ranks did not stop %s; killing them",
+                          "after a second signal" if len(received) > 1 else f"within {stop_grace_s:.0f} s of the signal")
+                failed = (-1, -signal.SIGKILL)
+                _stop(procs, grace_s=0)
             time.sleep(0.2)
     finally:
         for s, h in old.items():

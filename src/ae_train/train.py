@@ -23,6 +23,7 @@ from .callbacks.debug import DebugCallback
 from .callbacks.preemption import PreemptionCallback
 from .callbacks.shard_errors import ShardErrorLimit, TooManyShardErrors
 from .callbacks.summary import EpochSummary
+from .callbacks.watchdog import HangWatchdog
 from .config import Config, ConfigError, resume_path, to_yaml
 from .data.datamodule import ShardDataModule
 from .launcher import LAUNCHER_ENV
@@ -84,6 +85,7 @@ def main(cfg: Config) -> int:
         shard_errors,
         EpochSummary(shard_errors),
         preemption,
+        HangWatchdog(cfg.log.hang_timeout_s),
         # Last of the per-batch hooks: its clock starts after every other callback's batch work, so
         # "data wait" is the time spent fetching the next batch only.
         DebugCallback(cfg.log.train_every, cfg.log.val_every, cfg.debug),

@@ -8,8 +8,9 @@ import warnings
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 
+from .. import stacks
 from ..config import DataConfig
 from .reader import ShardBatches
 from .shards import COUNTS_ENV, list_shards, sample_counts
@@ -71,7 +72,7 @@ class ShardDataModule(pl.LightningDataModule):
         # batch_size=None: workers yield whole batches; fork keeps the rank's log handlers in workers.
         return EpochDataLoader(ds, self._epoch_state if ds.name == "train_shards" else self._val_state, batch_size=None,
                                num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(),
-                               persistent_workers=False,
+                               persistent_workers=False, worker_init_fn=_worker_init,
                                multiprocessing_context="fork" if self.cfg.num_workers > 0 else None)
 
     def _epoch_state(self) -> tuple[int, int]:
@@ -92,6 +93,11 @@ class ShardDataModule(pl.LightningDataModule):
             return []
         self.val_set = self._dataset("val_shards", False)
         return self._loader(self.val_set)
+
+
+def _worker_init(worker_id: int) -> None:
+    info = get_worker_info()
+    stacks.install_worker_handler(f"rank {info.dataset.rank} worker {worker_id}/{info.num_workers}")
 
 
 class EpochDataLoader(DataLoader):

@@ -53,7 +53,8 @@ def list_shards(spec: str, key: str) -> list[str]:
         return urls
     else:
         urls = list(braceexpand(spec))
-    missing = [u for u in urls if not os.path.isfile(u)]
+    # Anything that exists and is no directory: a FIFO or device a mount presents is the user's call.
+    missing = [u for u in urls if not os.path.exists(u) or os.path.isdir(u)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(f"{key}: shard not found: {missing[0]}{more}")

@@ -1,0 +1,104 @@
+"""Real hangs in real 2-rank runs: the watchdog's alert and stacks, SIGUSR1 dumps, and `ae-train diagnose`."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ROOT, make_shards
+from conftest import alive, pids_in, start, wait_for
+
+
+def _diagnose(logs: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ae_train", "diagnose", str(logs), *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+
+
+def _kill_run(proc: subprocess.Popen, logs: Path) -> None:
+    """Two SIGTERMs: the launcher kills ranks that cannot stop (they are stuck by design here)."""
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    time.sleep(1)
+    text = "".join(p.read_text() for p in logs.glob("*.log"))
+    assert alive(pids_in(text)) == [], "every rank and worker is gone"
+
+
+def test_watchdog_stalled_shard_open_is_found(tmp_path):
+    """A shard that is a FIFO nobody writes to: its worker blocks in open(), like a stalled NFS read."""
+    d = tmp_path / "d"
+    make_shards(d, [64, 64, 64])
+    fifo = d / "train-000003.tar"
+    os.mkfifo(fifo)
+    index = json.loads((d / "ae_index.json").read_text())
+    index["shards"][fifo.name] = {"bytes": 0, "samples": 64, "exts": {"x.npy": 64}}  # stat says 0 bytes
+    (d / "ae_index.json").write_text(json.dumps(index))
+    out = tmp_path / "out"
+    proc = start(out, f"--data.train_shards={d}", "--data.val_shards=", "--data.batch_size=8", "--data.num_workers=2",
+                  "--trainer.max_epochs=1", "--debug=true", "--log.hang_timeout_s=4")
+    logs = out / "logs"
+    try:
+        wait_for(logs / "debug_rank*_*.log", r"HANG SUSPECTED", 90)
+        wait_for(logs / "debug_rank*_*.log", r"Stack dump of rank \d worker \d/2 \(pid \d+\), reason: SIGUSR1", 30)
+        time.sleep(2)
+        text = {r: next(logs.glob(f"debug_rank{r}_*.log")).read_text() for r in (0, 1)}
+        stuck = next(r for r in (0, 1) if f"Opening shard {fifo}" in text[r])
+        assert re.search(rf"\[ERROR\] \[Rank {stuck}/2\] HANG SUSPECTED: no progress for \d+ s in training \(waiting for data\)",
+                         text[stuck])
+        assert re.search(rf"Stack dump of rank {stuck} \(pid \d+\), reason: hang\nThread 0x[0-9a-f]+ \(MainThread\)", text[stuck])
+        worker_dump = text[stuck][text[stuck].index(f"Stack dump of rank {stuck} worker"):]
+        assert "in _open" in worker_dump and "open(url" in worker_dump  # the worker's stack shows the blocked open
+        assert "Resources at hang: rss" in text[stuck]
+        train = next(logs.glob("train_*.log")).read_text()
+        assert f"[ERROR] [Rank {stuck}/2] HANG SUSPECTED" in train
+        report = _diagnose(logs)
+        assert report.returncode == 0, report.stderr
+        verdict = report.stdout
+        assert f"rank {stuck}" in verdict.lower() and str(fifo) in verdict, verdict
+        assert "data" in verdict.lower()
+    finally:
+        _kill_run(proc, logs)
+
+
+def test_watchdog_rank_missing_at_epoch_end_collective(tmp_path):
+    make_shards(tmp_path / "d", [64] * 4)
+    out = tmp_path / "out"
+    proc = start(out, f"--data.train_shards={tmp_path}/d", "--data.val_shards=", "--data.batch_size=8",
+                  "--data.num_workers=2", "--trainer.max_epochs=2", "--log.hang_timeout_s=4",
+                  "--trainer.callbacks=ddp_helpers.BlockRank1AtEpochEnd")
+    logs = out / "logs"
+    try:
+        wait_for(logs / "debug_rank0_*.log", r"HANG SUSPECTED", 90)
+        wait_for(logs / "debug_rank1_*.log", r"HANG SUSPECTED", 30)
+        rank0 = next(logs.glob("debug_rank0_*.log")).read_text()
+        assert "EPOCH 0 TRAINING END" in rank0 and "HANG SUSPECTED: no progress for" in rank0
+        assert "EPOCH 0 TRAINING END" not in next(logs.glob("debug_rank1_*.log")).read_text()
+        time.sleep(2)
+        text = _diagnose(logs).stdout
+        report = _diagnose(logs, "--json")
+        assert report.returncode == 0, report.stderr
+        assert "DDP synchronization" in text, text
+        assert re.search(r"Stuck between TRAINING END and VALIDATION START: DDP synchronization problem\. "
+                         r"Arrived \(wrote EPOCH 0 TRAINING END at [^)]*\): rank 0\. Not arrived: rank 1\.", text), text
+        finding = next(f for f in json.loads(report.stdout)["findings"] if f["kind"] == "ddp_sync")
+        assert finding["ranks"] == [1]
+    finally:
+        _kill_run(proc, logs)
+
+
+def test_watchdog_sigusr1_and_progress_resumed(hang_run):
+    assert hang_run.returncode == 0, hang_run.console
+    text = next(hang_run.logs.glob("debug_rank1_*.log")).read_text()
+    assert re.search(rf"Stack dump of rank 1 \(pid {hang_run.rank_pid}\), reason: SIGUSR1\nThread 0x[0-9a-f]+ \(MainThread\)", text)
+    assert re.search(rf"Stack dump of rank 1 worker 0/2 \(pid {hang_run.worker_pid}\), reason: SIGUSR1", text)
+    rank0 = next(hang_run.logs.glob("debug_rank0_*.log")).read_text()
+    assert re.search(r"HANG SUSPECTED: no progress for \d+ s in training \(in step\)", rank0)
+    assert "ddp_helpers.py" in rank0 and "time.sleep(7)" in rank0  # its stack shows the sleeping callback
+    assert re.search(r"\[WARNING\] \[Rank 0/2\] progress resumed after \d+ s", rank0)
+    assert "HANG SUSPECTED" in hang_run.console  # errors reach the console
