@@ -20,7 +20,12 @@ if [ "$has_config" = 0 ]; then
   args=(--config configs/demo.yaml "${args[@]}")
 fi
 
+# Several nodes: run this script on each with NNODES, NODE_RANK and MASTER_ADDR (node 0) set.
+nodes=()
+if [ -n "${NNODES:-}" ]; then nodes=(--trainer.num_nodes="$NNODES"); fi
+
 exec "$PYTHON" -m ae_train fit \
   --debug=true \
   --resume=auto \
+  "${nodes[@]}" \
   "${args[@]}"

@@ -172,3 +172,20 @@ def test_fit_read_error_is_logged_everywhere_and_ranks_stay_equal(error_run):
     assert f"Error reading shard {bad}" in sh("grep ERROR train_*.log", run.logs)
     ends = [[b for n, b in markers(run.text(f"debug_rank{r}_*.log")) if n.endswith("TRAINING END")] for r in (0, 1)]
     assert ends[0] == ends[1] == ["10"]
+
+
+def test_fit_train_ae_sh_demo_runs_from_the_readme(tmp_path):
+    """The README's run command: ./train_ae.sh with no config makes the demo shards and trains."""
+    from conftest import ROOT
+    import os
+    import sys
+
+    r = subprocess.run(["./train_ae.sh", f"--output_dir={tmp_path}/out", "--trainer.max_epochs=1"], capture_output=True,
+                       text=True, timeout=300, cwd=ROOT, env=dict(os.environ, PYTHON=sys.executable))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (ROOT / "data" / "demo" / "ae_index.json").is_file()
+    assert "Epoch 0 train:" in r.stdout and "Training finished: 1 epochs" in r.stdout
+    logs = sorted(p.name for p in (tmp_path / "out" / "logs").glob("*.log"))
+    assert len(logs) == 3 and logs[0].startswith("debug_rank0_") and logs[2].startswith("train_")
+    assert "[DEBUG]" in (tmp_path / "out" / "logs" / logs[0]).read_text()  # train_ae.sh turns debug mode on
+    assert (tmp_path / "out" / "metrics").is_dir() and (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()

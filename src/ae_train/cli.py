@@ -41,10 +41,19 @@ def _split_config_arg(args: list[str]) -> tuple[str | None, list[str]]:
     return path, rest
 
 
+def _is_rank() -> bool:
+    """Started as a rank: by our launcher or torchrun (LOCAL_RANK/RANK), or as an srun task of a
+    multi-task SLURM step. Otherwise this process is the launcher."""
+    if "LOCAL_RANK" in os.environ or "RANK" in os.environ:
+        return True
+    return "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1 \
+        and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+
+
 def cmd_fit(args: list[str]) -> int:
     path, overrides = _split_config_arg(args)
     cfg = load_config(path, overrides)
-    if "LOCAL_RANK" in os.environ or "RANK" in os.environ:  # we are a rank (our launcher, torchrun, srun)
+    if _is_rank():
         from . import train
         return train.main(cfg)
     from . import launcher

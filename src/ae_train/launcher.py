@@ -111,31 +111,39 @@ def launch(cfg: Config, argv: list[str]) -> int:
                     raise DataError(f"data.{key}: {len(split_problems)} of {len(urls)} shards cannot be used, over the "
                                     f"limit of {limit} (data.max_shard_errors={cfg.data.max_shard_errors:g}); "
                                     f"first: {url}: {why}")
+        nodes, node_rank = cfg.trainer.num_nodes, int(os.environ.get("NODE_RANK", 0))
+        if nodes > 1 and not os.environ.get("MASTER_ADDR"):
+            raise ConfigError(f"trainer.num_nodes={nodes}: set MASTER_ADDR (node 0's address) and NODE_RANK on every node")
+        if not 0 <= node_rank < nodes:
+            raise ConfigError(f"NODE_RANK={node_rank} is outside 0..{nodes - 1} (trainer.num_nodes={nodes})")
         logs_dir = check_output_dir(cfg)
         resume_path(cfg)  # fails here, before any rank, if the checkpoint is missing or would be overwritten
         resolve_devices(cfg)
-
     finally:
         logging.getLogger().removeHandler(early)
+    devices = int(cfg.trainer.devices)
     ts = logs.new_run_timestamp(logs_dir)
-    train_log = logs.setup_launcher_logging(logs_dir, ts)
+    train_log = logs.setup_launcher_logging(logs_dir, ts, train_log=node_rank == 0)
     for record in early.records:
         logging.getLogger(record.name).handle(record)
-    devices, nodes = int(cfg.trainer.devices), cfg.trainer.num_nodes
-    node_rank = int(os.environ.get("NODE_RANK", 0))
     world = devices * nodes
-    log.info("Starting training: %d rank(s) on %s, run %s", world, cfg.trainer.accelerator, ts, extra=logs.CONSOLE)
-    log.info("Logs: %s and %s", train_log, logs_dir / f"debug_rank*_{ts}.log", extra=logs.CONSOLE)
-    log.info("Monitor logs with: tail -f %s", train_log, extra=logs.CONSOLE)
-    log.info("Config:\n%s", to_yaml(cfg).rstrip())
-    write_config(cfg, Path(cfg.output_dir), ts)
+    if node_rank == 0:
+        log.info("Starting training: %d rank(s) on %d node(s), %s, run %s", world, nodes, cfg.trainer.accelerator, ts,
+                 extra=logs.CONSOLE)
+        log.info("Logs: %s and %s", train_log, logs_dir / f"debug_rank*_{ts}.log", extra=logs.CONSOLE)
+        log.info("Monitor logs with: tail -f %s", train_log, extra=logs.CONSOLE)
+        log.info("Config:\n%s", to_yaml(cfg).rstrip())
+        write_config(cfg, Path(cfg.output_dir), ts)
+    else:
+        log.info("Node %d: starting ranks %d-%d; node 0 (%s) names the run", node_rank, node_rank * devices,
+                 node_rank * devices + devices - 1, os.environ["MASTER_ADDR"], extra=logs.CONSOLE)
     counts_file = logs_dir / f".shard_counts_{ts}.json"
     counts_file.write_text(json.dumps({"counts": counts, "problems": problems}))
 
     env = dict(os.environ, **{
         logs.RUN_TS_ENV: ts, COUNTS_ENV: str(counts_file), LAUNCHER_ENV: "1",
         "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
-        "MASTER_PORT": os.environ.get("MASTER_PORT", str(_free_port())),
+        "MASTER_PORT": os.environ.get("MASTER_PORT", "29500" if nodes > 1 else str(_free_port())),
         "WORLD_SIZE": str(world), "NODE_RANK": str(node_rank),
     })
     resolved = [f"--trainer.devices={devices}", f"--trainer.accelerator={cfg.trainer.accelerator}"]

@@ -19,7 +19,8 @@ FORMAT = "%(asctime)s [%(levelname)s] [%(tag)s] %(message)s"
 RUN_TS_ENV = "AE_TRAIN_RUN_TS"
 # INFO records of these loggers are per-rank detail: debug logs only, never the train log or console.
 DEBUG_ONLY = ("ae_train.data", "ae_train.callbacks.debug", "ae_train.callbacks.watchdog", "stdout", "stderr")
-CONSOLE = {"console": True}  # extra= for the few INFO records the console shows
+CONSOLE = {"console": True}  # extra= for the few INFO records the console shows (rank 0's)
+NODE_CONSOLE = {"node_console": True}  # extra= for a line every node's console shows
 
 _state: dict = {"tag": "Launcher", "rank": None, "worker": None, "installed": False, "console": None}
 
@@ -62,7 +63,7 @@ class _TrainLogFilter(logging.Filter):
 
 class _ConsoleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
+        if record.levelno >= logging.ERROR or getattr(record, "node_console", False):
             return True
         return _state["rank"] in (0, None) and getattr(record, "console", False)
 
@@ -197,15 +198,16 @@ def setup_rank_logging(logs_dir: Path, ts: str, rank: int, world: int, debug: bo
     return paths
 
 
-def setup_launcher_logging(logs_dir: Path, ts: str) -> Path:
-    """The launcher writes its own lines (rank exits, signals) to the train log and the console."""
+def setup_launcher_logging(logs_dir: Path, ts: str, train_log: bool = True) -> Path:
+    """The launcher writes its own lines (rank exits, signals) to the train log and the console.
+    Launchers of nodes other than 0 keep to their console: the run's timestamp is node 0's."""
     logs_dir.mkdir(parents=True, exist_ok=True)
     path = logs_dir / f"train_{ts}.log"
     _state.update(rank=None, worker=None, tag="Launcher", rank_tag="Launcher")
-    _install([
-        _handler(_SafeFileHandler(path, encoding="utf-8"), logging.INFO),
-        _handler(_ConsoleHandler(sys.stdout), logging.INFO, _ConsoleFilter()),
-    ], logging.INFO)
+    handlers = [_handler(_ConsoleHandler(sys.stdout), logging.INFO, _ConsoleFilter())]
+    if train_log:
+        handlers.append(_handler(_SafeFileHandler(path, encoding="utf-8"), logging.INFO))
+    _install(handlers, logging.INFO)
     return path
 
 

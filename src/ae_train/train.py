@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import platform
@@ -26,7 +27,7 @@ from .callbacks.summary import EpochSummary
 from .callbacks.watchdog import HangWatchdog
 from .config import Config, ConfigError, resume_path, to_yaml
 from .data.datamodule import ShardDataModule
-from .launcher import LAUNCHER_ENV
+from .launcher import LAUNCHER_ENV, resolve_devices, write_config
 from .model import AutoEncoder
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,54 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 
 
-def rank_layout(cfg: Config) -> tuple[int, int, int, int]:
-    """(global rank, world size, local rank, node rank) from the launcher's environment."""
+def cluster_environment(cfg: Config):
+    """The environment that started this rank, in Lightning's order: SLURM (srun), torchrun, or ours."""
+    from lightning_fabric.plugins.environments import LightningEnvironment, SLURMEnvironment, TorchElasticEnvironment
+
+    if SLURMEnvironment.detect():
+        return SLURMEnvironment(auto_requeue=False)
+    if TorchElasticEnvironment.detect():
+        return TorchElasticEnvironment()
+    return LightningEnvironment()
+
+
+def rank_layout(cfg: Config, env) -> tuple[int, int, int, int]:
+    """(global rank, world size, local rank, node rank) of this process."""
+    from lightning_fabric.plugins.environments import LightningEnvironment
+
+    if not isinstance(env, LightningEnvironment):
+        return env.global_rank(), env.world_size(), env.local_rank(), env.node_rank()
     devices = int(cfg.trainer.devices)
-    world = int(os.environ.get("WORLD_SIZE", devices * cfg.trainer.num_nodes))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
-    rank = int(os.environ.get("RANK", node * devices + local))
-    return rank, world, local, node
+    local, node = env.local_rank(), env.node_rank()
+    return node * devices + local, devices * cfg.trainer.num_nodes, local, node
+
+
+def agree_on_run_timestamp(cfg: Config, env, rank: int, world: int, local_rank: int) -> str:
+    """One timestamp for every rank on every node: rank 0's, sent to all over the process group.
+
+    Each node's launcher (or torchrun) starts at its own moment, so clocks cannot name the run. The
+    default process group is made here, before Lightning would make it (Lightning then uses it): a
+    gloo backend carries the string, NCCL the training tensors.
+    """
+    logs_dir = Path(cfg.output_dir) / "logs"
+    mine = os.environ.get(logs.RUN_TS_ENV) if rank == 0 else None
+    if world == 1:
+        return mine or logs.new_run_timestamp(logs_dir)
+    import torch.distributed as dist
+
+    gpu = cfg.trainer.accelerator in ("gpu", "cuda")
+    if gpu:
+        torch.cuda.set_device(local_rank)
+    # env:// so that under torchrun the ranks join the agent's store instead of opening a second one.
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = env.main_address, str(env.main_port)
+    dist.init_process_group("cpu:gloo,cuda:nccl" if gpu else "gloo", init_method="env://", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=cfg.trainer.ddp_timeout_s))
+    if rank == 0 and not mine:
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        mine = logs.new_run_timestamp(logs_dir)
+    box = [mine]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _user_callbacks(paths: list[str]) -> list[pl.Callback]:
@@ -55,10 +96,21 @@ def _user_callbacks(paths: list[str]) -> list[pl.Callback]:
     return out
 
 
+def _metric_loggers(output_dir: str, ts: str) -> list:
+    """CSV always (metrics/<ts>/metrics.csv); TensorBoard too when it is installed."""
+    loggers = [CSVLogger(output_dir, name="metrics", version=ts)]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        from pytorch_lightning.loggers import TensorBoardLogger
+        loggers.append(TensorBoardLogger(output_dir, name="tensorboard", version=ts))
+    return loggers
+
+
 def main(cfg: Config) -> int:
-    rank, world, local_rank, node_rank = rank_layout(cfg)
+    resolve_devices(cfg)  # `auto` under torchrun/srun, where no launcher resolved it
+    env = cluster_environment(cfg)
+    rank, world, local_rank, node_rank = rank_layout(cfg, env)
     logs_dir = Path(cfg.output_dir) / "logs"
-    ts = os.environ.get(logs.RUN_TS_ENV) or logs.new_run_timestamp(logs_dir)
+    ts = agree_on_run_timestamp(cfg, env, rank, world, local_rank)
     os.environ[logs.RUN_TS_ENV] = ts
     paths = logs.setup_rank_logging(logs_dir, ts, rank, world, cfg.debug)
     gpu = cfg.trainer.accelerator in ("gpu", "cuda")
@@ -66,10 +118,15 @@ def main(cfg: Config) -> int:
     log.info("Debug log of rank %d/%d: host=%s pid=%d local_rank=%d node_rank=%d device=%s run=%s "
              "python=%s torch=%s lightning=%s", rank, world, socket.gethostname(), os.getpid(), local_rank,
              node_rank, device, ts, platform.python_version(), torch.__version__, pl.__version__)
-    if rank == 0 and LAUNCHER_ENV not in os.environ:
+    if rank == 0 and LAUNCHER_ENV not in os.environ:  # torchrun or srun: no launcher did this
         log.info("Config:\n%s", to_yaml(cfg).rstrip())
         log.info("Logs: %s and %s", paths["train"], logs_dir / f"debug_rank*_{ts}.log", extra=logs.CONSOLE)
         log.info("Monitor logs with: tail -f %s", paths["train"], extra=logs.CONSOLE)
+        write_config(cfg, Path(cfg.output_dir), ts)
+    elif node_rank > 0 and local_rank == 0:  # other nodes' consoles: only errors, and where the logs are
+        devices = int(cfg.trainer.devices)
+        log.info("Node %d (%s) writes ranks %d-%d to %s", node_rank, socket.gethostname(), rank,
+                 rank + devices - 1, logs_dir / f"debug_rank*_{ts}.log", extra=logs.NODE_CONSOLE)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = ShardDataModule(cfg.data, cfg.model.input_dim, cfg.seed, rank)
@@ -98,6 +155,7 @@ def main(cfg: Config) -> int:
         strategy = DDPStrategy(process_group_backend="nccl" if gpu else "gloo",
                                timeout=timedelta(seconds=cfg.trainer.ddp_timeout_s))
     trainer = pl.Trainer(
+        plugins=[env],
         accelerator="gpu" if gpu else "cpu",
         devices=int(cfg.trainer.devices),
         num_nodes=cfg.trainer.num_nodes,
@@ -105,7 +163,7 @@ def main(cfg: Config) -> int:
         max_epochs=cfg.trainer.max_epochs,
         precision=cfg.trainer.precision,
         gradient_clip_val=cfg.trainer.gradient_clip_val or None,
-        logger=CSVLogger(cfg.output_dir, name="metrics", version=ts),
+        logger=_metric_loggers(cfg.output_dir, ts),
         callbacks=callbacks,
         default_root_dir=cfg.output_dir,
         enable_progress_bar=False,  # the console shows key lines only; progress is in the debug logs

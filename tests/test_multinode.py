@@ -1,0 +1,114 @@
+"""Two "nodes" on localhost (one CPU rank each, gloo), started seconds apart: one run, one timestamp.
+
+The launches are the documented ones: scripts/torchrun_node.sh (torchrun), train_ae.sh with
+NNODES/NODE_RANK/MASTER_ADDR (our launcher on each node) and the srun command of
+scripts/slurm_train.sbatch with the environment srun gives each task.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DIM, ROOT, TESTS, make_shards
+from test_train import markers
+
+MODEL = [f"--model.input_dim={DIM}", "--model.latent_dim=4", "--model.hidden_dims=32"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("mn_shards")
+    make_shards(d, [120, 7, 64, 33])
+    return d
+
+
+def _two_nodes(cmds_envs: list[tuple[list[str], dict]], gap_s: float = 3.0) -> list[tuple[int, str]]:
+    procs = []
+    for i, (cmd, env) in enumerate(cmds_envs):
+        if i:
+            time.sleep(gap_s)  # the second node starts later: its clock must not name the run
+        full = dict(os.environ, PYTHON=sys.executable, **env)
+        full["PYTHONPATH"] = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full, cwd=ROOT))
+    out = []
+    try:
+        for p in procs:
+            console, _ = p.communicate(timeout=180)
+            out.append((p.returncode, console))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return out
+
+
+def _check_one_run(logs: Path, results: list[tuple[int, str]]) -> str:
+    for code, console in results:
+        assert code == 0, console
+    names = sorted(p.name for p in logs.glob("*.log"))
+    ts = re.search(r"_(\d{8}_\d{6})\.log$", names[0]).group(1)
+    assert names == [f"debug_rank0_{ts}.log", f"debug_rank1_{ts}.log", f"train_{ts}.log"], names
+    ends = [[(n, b) for n, b in markers((logs / f"debug_rank{r}_{ts}.log").read_text()) if n.endswith("TRAINING END")]
+            for r in (0, 1)]
+    assert ends[0] == ends[1] and len(ends[0]) == 2, ends
+    rank1 = (logs / f"debug_rank1_{ts}.log").read_text()
+    assert re.search(rf"Debug log of rank 1/2: host=\S+ pid=\d+ local_rank=0 node_rank=1 device=cpu run={ts}", rank1)
+    train = (logs / f"train_{ts}.log").read_text()
+    assert train.count("Config:\n") == 1 and "Epoch 1 train:" in train
+    node0, node1 = results[0][1], results[1][1]
+    assert "Epoch 1 train:" in node0 and "Monitor logs with: tail -f" in node0
+    assert re.search(rf"Node 1 \(\S+\) writes ranks 1-1 to \S+debug_rank\*_{ts}\.log", node1), node1
+    assert "Epoch" not in node1 and "Saved checkpoint" not in node1
+    return ts
+
+
+def test_multinode_torchrun_two_nodes_one_timestamp(shards, tmp_path):
+    out, port = tmp_path / "out", str(_port())
+    flags = [f"--output_dir={out}", f"--data.train_shards={shards}", "--data.val_shards=", "--data.batch_size=8",
+             "--data.num_workers=2", "--trainer.max_epochs=2", "--trainer.accelerator=cpu", *MODEL]
+    cmds = [(["scripts/torchrun_node.sh", *flags],
+             {"NNODES": "2", "NODE_RANK": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "GPUS_PER_NODE": "1"})
+            for n in (0, 1)]
+    _check_one_run(out / "logs", _two_nodes(cmds))
+
+
+def test_multinode_train_ae_sh_on_each_node(shards, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"output_dir: {tmp_path}/out\ndata:\n  train_shards: {shards}\n  val_shards: ''\n  batch_size: 8\n"
+                   f"model:\n  input_dim: {DIM}\n  latent_dim: 4\n  hidden_dims: [32]\n"
+                   "trainer:\n  max_epochs: 2\n  devices: 1\n  accelerator: cpu\n")
+    port = str(_port())
+    cmds = [(["./train_ae.sh", "--config", str(cfg)],
+             {"NNODES": "2", "NODE_RANK": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}) for n in (0, 1)]
+    results = _two_nodes(cmds)
+    ts = _check_one_run(tmp_path / "out" / "logs", results)
+    assert f"run {ts}" in results[0][1] and "Node 1: starting ranks 1-1; node 0 (127.0.0.1) names the run" in results[1][1]
+
+
+def test_multinode_slurm_srun_environment(shards, tmp_path):
+    sbatch = (ROOT / "scripts" / "slurm_train.sbatch").read_text()
+    srun = re.search(r"^srun (python3 -m ae_train fit .*?\"\$@\")$", sbatch, re.S | re.M).group(1)
+    assert "--trainer.num_nodes" in srun
+    out, port = tmp_path / "out", str(_port())
+    flags = [f"--output_dir={out}", f"--data.train_shards={shards}", "--data.val_shards=", "--data.batch_size=8",
+             "--trainer.max_epochs=2", "--trainer.accelerator=cpu", *MODEL]
+    # The sbatch script's srun line with its variables filled as SLURM fills them for 2 nodes x 1 task.
+    cmd = [sys.executable, "-m", "ae_train", "fit", "--trainer.num_nodes=2", "--trainer.devices=1", "--debug=true",
+           "--resume=auto", *flags]
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "4242",
+             "SLURM_JOB_NAME": "ae_train", "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    cmds = [(cmd, dict(slurm, SLURM_PROCID=str(n), SLURM_LOCALID="0", SLURM_NODEID=str(n))) for n in (0, 1)]
+    _check_one_run(out / "logs", _two_nodes(cmds))
