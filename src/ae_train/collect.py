@@ -204,10 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         out = collect(args.logs_dir, args.run, args.output)
-    except DiagnoseError as e:
-        print(f"ae-train collect: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
+    except (DiagnoseError, OSError) as e:
         print(f"ae-train collect: error: {e}", file=sys.stderr)
         return 2
     print(out)
