@@ -105,6 +105,24 @@ def _metric_loggers(output_dir: str, ts: str) -> list:
     return loggers
 
 
+def _announce(cfg: Config, paths: dict, ts: str, rank: int, world: int, local_rank: int, node_rank: int,
+              gpu: bool) -> None:
+    """The debug log's header; where the logs are (console), when no launcher said it already."""
+    device = torch.cuda.get_device_name(local_rank) if gpu else "cpu"
+    log.info("Debug log of rank %d/%d: host=%s pid=%d local_rank=%d node_rank=%d device=%s run=%s "
+             "python=%s torch=%s lightning=%s", rank, world, socket.gethostname(), os.getpid(), local_rank,
+             node_rank, device, ts, platform.python_version(), torch.__version__, pl.__version__)
+    debug_logs = paths["train"].parent / f"debug_rank*_{ts}.log"
+    if rank == 0 and LAUNCHER_ENV not in os.environ:  # torchrun or srun: no launcher did this
+        log.info("Config:\n%s", to_yaml(cfg).rstrip())
+        log.info("Logs: %s and %s", paths["train"], debug_logs, extra=logs.CONSOLE)
+        log.info("Monitor logs with: tail -f %s", paths["train"], extra=logs.CONSOLE)
+        write_config(cfg, Path(cfg.output_dir), ts)
+    elif node_rank > 0 and local_rank == 0:  # other nodes' consoles: only errors, and where the logs are
+        log.info("Node %d (%s) writes ranks %d-%d to %s", node_rank, socket.gethostname(), rank,
+                 rank + int(cfg.trainer.devices) - 1, debug_logs, extra=logs.NODE_CONSOLE)
+
+
 def main(cfg: Config) -> int:
     resolve_devices(cfg)  # `auto` under torchrun/srun, where no launcher resolved it
     env = cluster_environment(cfg)
@@ -114,19 +132,7 @@ def main(cfg: Config) -> int:
     os.environ[logs.RUN_TS_ENV] = ts
     paths = logs.setup_rank_logging(logs_dir, ts, rank, world, cfg.debug)
     gpu = cfg.trainer.accelerator in ("gpu", "cuda")
-    device = torch.cuda.get_device_name(local_rank) if gpu else "cpu"
-    log.info("Debug log of rank %d/%d: host=%s pid=%d local_rank=%d node_rank=%d device=%s run=%s "
-             "python=%s torch=%s lightning=%s", rank, world, socket.gethostname(), os.getpid(), local_rank,
-             node_rank, device, ts, platform.python_version(), torch.__version__, pl.__version__)
-    if rank == 0 and LAUNCHER_ENV not in os.environ:  # torchrun or srun: no launcher did this
-        log.info("Config:\n%s", to_yaml(cfg).rstrip())
-        log.info("Logs: %s and %s", paths["train"], logs_dir / f"debug_rank*_{ts}.log", extra=logs.CONSOLE)
-        log.info("Monitor logs with: tail -f %s", paths["train"], extra=logs.CONSOLE)
-        write_config(cfg, Path(cfg.output_dir), ts)
-    elif node_rank > 0 and local_rank == 0:  # other nodes' consoles: only errors, and where the logs are
-        devices = int(cfg.trainer.devices)
-        log.info("Node %d (%s) writes ranks %d-%d to %s", node_rank, socket.gethostname(), rank,
-                 rank + devices - 1, logs_dir / f"debug_rank*_{ts}.log", extra=logs.NODE_CONSOLE)
+    _announce(cfg, paths, ts, rank, world, local_rank, node_rank, gpu)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = ShardDataModule(cfg.data, cfg.model.input_dim, cfg.seed, rank)
