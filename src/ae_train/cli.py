@@ -20,6 +20,7 @@ commands:
   diagnose LOGS_DIR [--run TS] [--json] [--plot PNG] [--stall-after S]
                                           say which rank is stuck where, from the logs
   collect LOGS_DIR [--run TS] [-o FILE]   bundle logs, config and system state for a bug report
+  bench-data --config FILE [--key=value]  can the data path feed the GPUs? samples/s and MB/s of it
   config [--config FILE] [--key=value]    print the resolved config; --help lists every key
 """
 
@@ -141,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = {"fit": cmd_fit, "make-shards": cmd_make_shards, "index": cmd_index, "config": cmd_config}
     try:
-        if command in ("diagnose", "collect"):
+        if command in ("diagnose", "collect", "bench-data"):
             import importlib
-            return importlib.import_module(f".{command}", __package__).main(rest)
+            module = {"bench-data": "benchdata"}.get(command, command)
+            return importlib.import_module(f".{module}", __package__).main(rest)
         if command not in commands:
-            raise ConfigError(f"unknown command '{command}' (commands: fit, make-shards, index, diagnose, collect, config)")
+            raise ConfigError(f"unknown command '{command}' (commands: fit, make-shards, index, diagnose, collect, bench-data, config)")
         return commands[command](rest)
     except (ConfigError, DataError) as e:
         from .logs import logging_installed
