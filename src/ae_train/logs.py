@@ -42,7 +42,7 @@ def logging_installed() -> bool:
 def set_worker(worker: int, num_workers: int) -> None:
     """Called at the top of a DataLoader worker's iteration: its records get `Worker w/K`."""
     _state["worker"] = (worker, num_workers)
-    _state["tag"] = f"{_state['rank_tag']} Worker {worker}/{num_workers}"
+    _state["tag"] = f"{_state.get('rank_tag', 'Rank ?')} Worker {worker}/{num_workers}"
 
 
 class _StampFilter(logging.Filter):

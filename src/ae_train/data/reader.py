@@ -17,7 +17,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .. import logs
 from .plan import EpochPlan, Piece, make_plan
-from .tario import ShardError, group_samples, members_of_buffer, npy_layout
+from .tario import ShardError, npy_layout, read_shard_ahead
+from .tarscan import npy_rows, sample_table, uniform_npy_rows
 
 log = logging.getLogger(__name__)
 
@@ -126,20 +127,30 @@ class ShardBatches(IterableDataset):
         """float32 rows [start, stop) of the shard's samples that hold `sample_key`: (n, input_dim)."""
         url = self.urls[piece.shard]
         log.debug("Opening shard %s (samples %d..%d of %d)", url, piece.start, piece.stop, self.counts[piece.shard])
-        with open(url, "rb") as f:
-            buf = f.read()
-        samples = [s for s in group_samples(members_of_buffer(buf)) if self.sample_key in s[1]]
-        chosen = samples[piece.start:piece.stop]
-        if len(chosen) < piece.stop - piece.start:
-            raise ShardError(f"holds {len(samples)} '{self.sample_key}' samples, the index says "
+        info = get_worker_info()
+        pieces = self.plan.workers[self.rank][info.id if info else 0].pieces
+        k = pieces.index(piece) if piece in pieces else len(pieces)
+        after = pieces[k + 1].shard if k + 1 < len(pieces) else piece.shard
+        buf = read_shard_ahead(url, self.urls[after] if after != piece.shard else None)  # reads the next one meanwhile
+        members = sample_table(buf, self.sample_key)
+        if len(members) < piece.stop:
+            raise ShardError(f"holds {len(members)} '{self.sample_key}' samples, the index says "
                              f"{self.counts[piece.shard]} (run `ae-train index` again)")
-        return gather_npy(buf, [parts[self.sample_key] for _, parts in chosen],
-                          [key for key, _ in chosen], self.input_dim)
+        chosen = members[piece.start:piece.stop]
+        return gather_npy(buf, chosen, chosen.keys, self.input_dim)
 
 
 def gather_npy(buf: bytes, members, keys, input_dim: int) -> np.ndarray:
-    """Stack the .npy payloads of `members` into a float32 (n, input_dim) array, validating each header."""
+    """The .npy payloads of `members` (Members or a MemberTable) as a float32 (n, input_dim) array,
+    each header validated. When every header is the same and float32, the result is a read-only
+    strided view of `buf` (no copy: the batches gather their rows from it); other dtypes are
+    converted once. Mixed headers take the per-member path."""
     n = len(members)
+    if n == 0:
+        return np.empty((0, input_dim), np.float32)
+    fast = uniform_npy_rows(buf, members, input_dim)
+    if fast is not None:
+        return fast
     layouts = [npy_layout(buf, m) for m in members]
     dtype, shape, _ = layouts[0]
     for key, (dt, shp, _) in zip(keys, layouts):
@@ -149,20 +160,10 @@ def gather_npy(buf: bytes, members, keys, input_dim: int) -> np.ndarray:
         if dt.kind not in "fiub":
             raise ShardError(f"sample {key}: dtype {dt} is not numeric")
         if dt != dtype:
-            dtype = None  # mixed dtypes: take the slow path below
-    u8 = np.frombuffer(buf, np.uint8)
-    if n == 0:
-        return np.empty((0, input_dim), np.float32)
+            dtype = None  # mixed dtypes: one row at a time below
     if dtype is not None:
         offsets = np.fromiter((at for _, _, at in layouts), np.int64, n)
-        step = int(offsets[1] - offsets[0]) if n > 1 else 0
-        nbytes = input_dim * dtype.itemsize
-        if n > 1 and step >= nbytes and np.all(np.diff(offsets) == step):
-            # Evenly spaced payloads (the usual ShardWriter layout): a strided view, one copy out.
-            view = np.lib.stride_tricks.as_strided(u8[offsets[0]:], shape=(n, nbytes), strides=(step, 1))
-        else:
-            view = u8[offsets[:, None] + np.arange(nbytes)]
-        return np.ascontiguousarray(view).view(dtype).reshape(n, input_dim).astype(np.float32, copy=False)
+        return npy_rows(buf, offsets, dtype, input_dim)
     out = np.empty((n, input_dim), np.float32)
     for i, (dt, _, at) in enumerate(layouts):
         out[i] = np.frombuffer(buf, dt, input_dim, at)

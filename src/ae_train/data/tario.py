@@ -1,19 +1,28 @@
 """Tar and .npy parsing for WebDataset shards, without tarfile or np.load on the sample path.
 
-A shard is read whole (one read call), its 512-byte headers are walked in memory and each sample's
-array is a slice of that buffer. Handles ustar, GNU long names (typeflag L) and pax headers (x, g),
-the forms written by webdataset's ShardWriter, Python's tarfile and GNU tar. Samples follow the
-WebDataset convention: members sharing the path up to the first dot of the file name are one sample.
+A shard is read whole (one read call, into a reused buffer, the next shard read ahead in a thread),
+its 512-byte headers are walked in memory and each sample's array is a slice of that buffer. Handles
+ustar, GNU long names (typeflag L) and pax headers (x, g), the forms written by webdataset's
+ShardWriter, Python's tarfile and GNU tar. Samples follow the WebDataset convention: members sharing
+the path up to the first dot of the file name are one sample.
+
+This is the generic walk (`iter_members`: one header at a time, the reference); tarscan.py holds the
+fast one (`sample_table`), which must give the same members and the same errors.
 """
 from __future__ import annotations
 
 import ast
+import mmap
+import os
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
 BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+_REGULAR = (b"0", b"\0", b"7")
 
 
 class ShardError(Exception):
@@ -60,14 +69,14 @@ def _pax_fields(data: bytes) -> dict[str, str]:
     return out
 
 
-def iter_members(read, total: int) -> Iterator[Member]:
-    """Regular-file members. `read(offset, n)` returns bytes; `total` is the file size."""
-    pos, long_name, pax = 0, None, {}
+def _entries(read, total: int, pos: int = 0):
+    """Every header from `pos` on, as (header pos, typeflag, Member or None, next header pos)."""
+    long_name, pax = None, {}
     while pos + BLOCK <= total:
         block = read(pos, BLOCK)
         if len(block) < BLOCK:
             break
-        if block == b"\0" * BLOCK:
+        if block == _ZERO_BLOCK:
             return  # end-of-archive marker
         _check_header(block, pos)
         size = _octal(block[124:136], "size", pos)
@@ -75,11 +84,12 @@ def iter_members(read, total: int) -> Iterator[Member]:
         data_at = pos + BLOCK
         if data_at + size > total:
             raise ShardError(f"truncated tar: member at byte {pos} needs {size} bytes, file ends at {total}")
+        member = None
         if kind == b"L":
             long_name = read(data_at, size).rstrip(b"\0").decode("utf-8", "replace")
         elif kind == b"x":
             pax = _pax_fields(read(data_at, size))
-        elif kind in (b"0", b"\0", b"7"):
+        elif kind in _REGULAR:
             name = block[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
             if block[257:262] == b"ustar" and block[345] != 0:
                 name = block[345:500].split(b"\0", 1)[0].decode("utf-8", "replace") + "/" + name
@@ -87,15 +97,24 @@ def iter_members(read, total: int) -> Iterator[Member]:
             size = int(pax.get("size", size))
             if data_at + size > total:
                 raise ShardError(f"truncated tar: member {name} needs {size} bytes, file ends at {total}")
-            yield Member(name, data_at, size)
+            member = Member(name, data_at, size)
             long_name, pax = None, {}
         else:
             long_name, pax = None, {}  # directories, links, global pax headers: nothing to read
-        pos = data_at + (size + BLOCK - 1) // BLOCK * BLOCK
+        nxt = data_at + (size + BLOCK - 1) // BLOCK * BLOCK
+        yield pos, kind, member, nxt
+        pos = nxt
     if pos < total and total - pos >= BLOCK:
         raise ShardError(f"truncated tar: incomplete header at byte {pos}")
     if 0 < total - pos < BLOCK and pos != 0:
         raise ShardError(f"truncated tar: {total - pos} stray bytes at byte {pos}")
+
+
+def iter_members(read, total: int) -> Iterator[Member]:
+    """Regular-file members. `read(offset, n)` returns bytes; `total` is the file size."""
+    for _, _, member, _ in _entries(read, total):
+        if member is not None:
+            yield member
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -121,10 +140,109 @@ def members_of_buffer(buf: bytes) -> list[Member]:
     return list(iter_members(lambda off, n: buf[off:off + n], len(buf)))
 
 
+_POOL: list = []  # read buffers (anonymous mmaps) of this process, reused once no array views them
+_POOL_LOCK = threading.Lock()
+
+
+def _free_buffer(size: int):
+    """A pool buffer resized to `size`, or a new one, with a view of it that marks it in use. An mmap
+    refuses to resize while an array views it (BufferError): that buffer is still in use and is
+    skipped. Anonymous private mmaps get huge pages, which makes the copy out of the page cache as
+    fast as a fresh `read()`."""
+    with _POOL_LOCK:  # the read-ahead thread takes buffers too
+        for b in _POOL:
+            try:
+                b.resize(size)
+            except BufferError:
+                continue
+            return b, memoryview(b)
+        # MAP_PRIVATE: a forked DataLoader worker gets its own copy (the default anonymous map is
+        # shared memory, which forked workers would write into together, and cannot grow by resize).
+        b = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(b, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+            b.madvise(mmap.MADV_HUGEPAGE)
+        if len(_POOL) < 4:
+            _POOL.append(b)
+        return b, memoryview(b)
+
+
+def read_shard(url: str):
+    """The whole file as a bytes-like buffer (slices are bytes), like `open(url, "rb").read()`, but
+    into a buffer of this process that is reused once nothing views it any more: no fresh pages to
+    fault in for every shard, and views of the previous shard's buffer stay valid."""
+    with open(url, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return f.read()
+        buf, view = _free_buffer(size)
+        n = 0
+        try:
+            while n < size:
+                got = f.readinto(view[n:])
+                if not got:
+                    break
+                n += got
+        finally:
+            view.release()
+        rest = f.read()
+        if n < size or rest:  # the file changed size while we read it
+            return bytes(buf[:n]) + rest
+    return buf
+
+
+class _ReadAhead:
+    """read_shard(url) in a background thread: the read releases the GIL, so on a second core the
+    next shard arrives while the caller decodes and batches this one."""
+
+    def __init__(self, url: str):
+        self.url, self.pid, self.buf, self.error = url, os.getpid(), None, None
+        self.thread = threading.Thread(target=self._run, name="ae-shard-read-ahead", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.buf = read_shard(self.url)
+        except BaseException as e:  # handed to the caller that asks for this shard
+            self.error = e
+
+
+_AHEAD: list = [None]  # the read-ahead in flight
+_HOLD: list = [None]  # a view of the buffer last returned: not free for the read-ahead before the next call
+
+
+def read_shard_ahead(url: str, next_url: str | None = None):
+    """read_shard(url), taken from the read-ahead started by the previous call when it was for `url`;
+    then, with `next_url`, starts reading that one. Errors are the same as read_shard's. The buffer
+    returned stays reserved until the next call (the caller's own views keep it after that)."""
+    pending, _AHEAD[0] = _AHEAD[0], None
+    buf = None
+    if pending is not None and pending.url == url and pending.pid == os.getpid():
+        pending.thread.join()  # blocks where read_shard would have (a stalled file system, a FIFO)
+        if pending.error is not None:
+            error, pending.error = pending.error, None
+            raise error
+        buf = pending.buf
+    if buf is None:
+        buf = read_shard(url)
+    held, _HOLD[0] = _HOLD[0], memoryview(buf)
+    if held is not None:
+        held.release()
+    if next_url is not None:
+        _AHEAD[0] = _ReadAhead(next_url)
+    return buf
+
+
+def _after_fork_in_child() -> None:  # a DataLoader worker: none of its parent's reads, a free lock
+    global _POOL_LOCK
+    _POOL_LOCK = threading.Lock()
+    _AHEAD[0] = _HOLD[0] = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def count_file(path: str) -> dict:
     """Header scan with seeks (no data read): samples per extension, for the shard index."""
-    import os
-
     total = os.path.getsize(path)
     with open(path, "rb") as f:
         def read(off: int, n: int) -> bytes:
@@ -154,7 +272,7 @@ def npy_layout(buf: bytes, m: Member) -> tuple[np.dtype, tuple, int]:
         hlen, start = int.from_bytes(buf[at + 8:at + 12], "little"), at + 12
     else:
         raise ShardError(f"member {m.name}: unsupported .npy version {major}")
-    header = buf[start:start + hlen]
+    header = bytes(buf[start:start + hlen])  # hashable even when buf is a bytearray
     parsed = _header_cache.get(header)
     if parsed is None:
         try:
