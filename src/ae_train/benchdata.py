@@ -21,36 +21,28 @@ import os
 import time
 from contextlib import contextmanager
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, split_config_arg
 
 USAGE = "usage: ae-train bench-data --config FILE [--key=value ...] [--seconds=S]"
 
 
 def _parse(args: list[str]) -> tuple[str | None, list[str], float]:
-    path, rest, seconds, i = None, [], 20.0, 0
-    while i < len(args):
-        a = args[i]
-        if a in ("-h", "--help"):
-            raise ConfigError(USAGE)
-        if a == "--config":
-            if i + 1 >= len(args):
-                raise ConfigError("--config needs a file path")
-            path, i = args[i + 1], i + 2
+    if "-h" in args or "--help" in args:
+        raise ConfigError(USAGE)
+    path, rest = split_config_arg(args)
+    seconds, overrides = 20.0, []
+    for a in rest:
+        if not a.startswith("--seconds"):
+            overrides.append(a)
             continue
-        if a.startswith("--config="):
-            path = a.split("=", 1)[1]
-        elif a.startswith("--seconds"):
-            value = a.split("=", 1)[1] if "=" in a else ""
-            try:
-                seconds = float(value)
-            except ValueError:
-                raise ConfigError(f"--seconds: expected a number of seconds, got '{value}'") from None
-            if seconds <= 0:
-                raise ConfigError(f"--seconds must be > 0, got {value}")
-        else:
-            rest.append(a)
-        i += 1
-    return path, rest, seconds
+        value = a.split("=", 1)[1] if "=" in a else ""
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise ConfigError(f"--seconds: expected a number of seconds, got '{value}'") from None
+        if seconds <= 0:
+            raise ConfigError(f"--seconds must be > 0, got {value}")
+    return path, overrides, seconds
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from .config import ConfigError, field_docs, load_config, to_yaml
+from .config import ConfigError, field_docs, load_config, split_config_arg, to_yaml
 
 USAGE = """usage: ae-train <command> [args]
 
@@ -25,23 +25,6 @@ commands:
 """
 
 
-def _split_config_arg(args: list[str]) -> tuple[str | None, list[str]]:
-    path, rest, i = None, [], 0
-    while i < len(args):
-        a = args[i]
-        if a == "--config":
-            if i + 1 >= len(args):
-                raise ConfigError("--config needs a file path")
-            path, i = args[i + 1], i + 2
-            continue
-        if a.startswith("--config="):
-            path = a.split("=", 1)[1]
-        else:
-            rest.append(a)
-        i += 1
-    return path, rest
-
-
 def _is_rank() -> bool:
     """Started as a rank: by our launcher or torchrun (LOCAL_RANK/RANK), or as an srun task of a
     multi-task SLURM step. Otherwise this process is the launcher."""
@@ -52,7 +35,7 @@ def _is_rank() -> bool:
 
 
 def cmd_fit(args: list[str]) -> int:
-    path, overrides = _split_config_arg(args)
+    path, overrides = split_config_arg(args)
     cfg = load_config(path, overrides)
     if _is_rank():
         from . import train
@@ -66,7 +49,7 @@ def cmd_config(args: list[str]) -> int:
         for key, doc, default in field_docs():
             print(f"--{key}={default!r}\n    {doc}")
         return 0
-    path, overrides = _split_config_arg(args)
+    path, overrides = split_config_arg(args)
     print(to_yaml(load_config(path, overrides)), end="")
     return 0
 

@@ -177,6 +177,24 @@ def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def split_config_arg(args: list[str]) -> tuple[str | None, list[str]]:
+    """(--config FILE or --config=FILE, the other arguments in order)."""
+    path, rest, i = None, [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--config":
+            if i + 1 >= len(args):
+                raise ConfigError("--config needs a file path")
+            path, i = args[i + 1], i + 2
+            continue
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return path, rest
+
+
 def load_config(path: str | None, overrides: list[str]) -> Config:
     """Defaults, then the YAML file at `path`, then `--key=value` overrides."""
     cfg = Config()
