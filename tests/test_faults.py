@@ -148,3 +148,25 @@ def test_faults_dead_rank_stops_the_run(tmp_path, helper, exit_text):
         assert "injected failure on rank 1\nTraceback" in run.text("debug_rank1_*.log")
     time.sleep(1)
     assert alive(pids_in(run.text("*.log"))) == []
+
+
+def test_faults_sigterm_to_the_ranks_as_a_scheduler_sends_it(tmp_path):
+    """SIGTERM straight to every rank process (not the launcher): the same clean, resumable stop."""
+    make_shards(tmp_path / "d", [200] * 4)
+    out = tmp_path / "out"
+    proc = start(out, f"--data.train_shards={tmp_path}/d", "--data.val_shards=", "--data.batch_size=8",
+                 "--data.num_workers=2", "--trainer.max_epochs=3", "--debug=true", "--log.train_every=5",
+                 "--trainer.callbacks=ddp_helpers.SlowSteps")
+    wait_for(out / "logs" / "debug_rank1_*.log", r"Training step 10, ", 120)
+    text = "".join(p.read_text() for p in (out / "logs").glob("debug_rank*.log"))
+    ranks = [int(p) for p in re.findall(r"Debug log of rank \d/2: host=\S+ pid=(\d+)", text)]
+    assert len(ranks) == 2
+    for pid in ranks:
+        os.kill(pid, signal.SIGTERM)
+    console, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, console
+    train = "".join(p.read_text() for p in (out / "logs").glob("train_*.log"))
+    assert re.search(r"\[Rank 0/2\] Received SIGTERM at epoch 0 step \d+; saved \S+last\.ckpt", train), train
+    assert (out / "checkpoints" / "last.ckpt").is_file() and "continue with --resume=auto" in console
+    time.sleep(1)
+    assert alive(pids_in("".join(p.read_text() for p in (out / "logs").glob("*.log")))) == []
