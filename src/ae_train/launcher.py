@@ -249,5 +249,3 @@ def _stop(procs: dict[int, subprocess.Popen], grace_s: float = 5.0) -> None:
                 pass
             p.wait()
 
-
-__all__ = ["launch", "DataError"]

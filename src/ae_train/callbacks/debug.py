@@ -45,7 +45,6 @@ class DebugCallback(Callback):
         self._t_window = 0.0
         self._window_batches = 0
         self._val_batches = 0
-        self._samples = 0
 
     # ---- training ----
     @override
@@ -56,7 +55,7 @@ class DebugCallback(Callback):
         log.info(_marker(f"EPOCH {trainer.current_epoch} TRAINING START") + note)
         self._train_open = True
         self._t_epoch = self._t_window = self._t_ready = time.perf_counter()
-        self._wait, self._window_batches, self._samples = 0.0, 0, 0
+        self._wait, self._window_batches = 0.0, 0
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -70,7 +69,6 @@ class DebugCallback(Callback):
                            batch_idx: int) -> None:
         self._t_ready = time.perf_counter()
         self._window_batches += 1
-        self._samples += len(batch)
         if self.debug and batch_idx % self.train_every == 0:
             self._progress_line(trainer, outputs, batch, batch_idx)
         if batch_idx + 1 >= trainer.num_training_batches:
@@ -122,7 +120,3 @@ class DebugCallback(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         log.info(_marker(f"{self._val_name(trainer)} END") + " batches=%d time=%.2fs",
                  self._val_batches, time.perf_counter() - self._t_val)
-
-    @property
-    def epoch_samples(self) -> int:
-        return self._samples

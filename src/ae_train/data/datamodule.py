@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from .. import stacks
 from ..config import DataConfig
+from .plan import batches_per_rank
 from .reader import ShardBatches
 from .shards import COUNTS_ENV, list_shards, sample_counts
 
@@ -57,8 +58,7 @@ class ShardDataModule(pl.LightningDataModule):
     def steps_per_epoch(self, world: int) -> int:
         """Training batches per rank in every epoch (the epoch plan's count, the same on all ranks)."""
         self.load_splits()
-        total = sum(self.splits["train_shards"][1])
-        return max(1, total // (world * self.cfg.batch_size))
+        return batches_per_rank(sum(self.splits["train_shards"][1]), world, self.cfg.batch_size)
 
     def _dataset(self, name: str, shuffle: bool) -> ShardBatches:
         urls, counts, problems = self.splits[name]

@@ -62,13 +62,18 @@ def _take(stream: list[Piece], ends: np.ndarray, pos: int, n: int) -> list[Piece
     return out
 
 
+def batches_per_rank(total: int, world: int, batch_size: int) -> int:
+    """Whole batches every rank gets from `total` samples (at least one: a tiny split is padded)."""
+    return max(1, total // (world * batch_size))
+
+
 def make_plan(counts: list[int], world: int, workers: int, batch_size: int,
               seed: int, epoch: int, shuffle: bool) -> EpochPlan:
     total = sum(counts)
     if total == 0:
         raise ValueError("no samples to plan")
     workers = max(1, workers)
-    per_rank_batches = max(1, total // (world * batch_size))
+    per_rank_batches = batches_per_rank(total, world, batch_size)
     need = per_rank_batches * batch_size * world
     order = shard_order(len(counts), seed, epoch, shuffle)
     one_pass = [Piece(int(s), 0, counts[s]) for s in order if counts[s] > 0]
