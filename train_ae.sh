@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the autoencoder on every GPU of this node (2 CPU ranks over gloo where there is no GPU).
 #   ./train_ae.sh                                  demo data, made under data/demo/ on first use
+#   ./train_ae.sh --config configs/images_demo.yaml   conv AE on demo images, made under data/images_demo/
 #   ./train_ae.sh --config configs/my.yaml --trainer.max_epochs=20
 # Flags are --key=value overrides of the config (see `ae-train config --help`); later flags win.
 # The console shows the log paths and key lines; everything else goes to OUTPUT_DIR/logs/.
@@ -11,6 +12,16 @@ PYTHON=${PYTHON:-python3}
 args=("$@")
 has_config=0
 for a in "$@"; do case "$a" in --config|--config=*) has_config=1 ;; esac; done
+
+# The image demo's shards, made once when its config is asked for.
+for a in "$@"; do
+  case "$a" in
+    *configs/images_demo.yaml)
+      if [ ! -f data/images_demo/ae_index.json ]; then
+        "$PYTHON" -m ae_train make-shards --images-demo --out data/images_demo
+      fi ;;
+  esac
+done
 
 if [ "$has_config" = 0 ]; then
   # No config given: the demo. Its shards are made once; a user's own config never gets demo data.

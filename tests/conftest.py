@@ -156,3 +156,60 @@ def hang_run(tmp_path_factory) -> HangRun:
         if proc.poll() is None:
             proc.kill()
     return HangRun(logs, console, proc.returncode, rank_pid, worker_pid)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(cmd: list[str], url: str, cwd: Path | None = None) -> subprocess.Popen:
+    """A real server as a subprocess, polled until it answers."""
+    import urllib.request
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return proc
+        except Exception as e:  # not up yet (refused), or up and answering an HTTP error
+            if getattr(e, "code", None):
+                return proc
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"server {cmd} did not answer at {url}")
+
+
+@pytest.fixture(scope="session")
+def http_root(tmp_path_factory):
+    """(directory, base URL) of `python -m http.server` serving that directory."""
+    root = tmp_path_factory.mktemp("http_root")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _serve([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], base + "/", cwd=root)
+    yield root, base
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_env():
+    """An S3-compatible server (moto in server mode) and the AWS environment that reaches it."""
+    pytest.importorskip("boto3")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = _serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], endpoint + "/")
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.kill()
+    proc.wait()

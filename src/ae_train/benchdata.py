@@ -109,8 +109,9 @@ def _measure(cfg, urls, counts, workers: int, seconds: float) -> dict:
     # Workers stamp their log records with the rank's tag, which only a training rank sets up.
     logs._state.setdefault("rank_tag", "bench-data")
 
-    ds = ShardBatches(urls, counts, "train_shards", cfg.data.sample_key, cfg.model.input_dim, cfg.data.batch_size,
-                      workers, 0, 1, cfg.seed, cfg.data.shuffle, 0)
+    ds = ShardBatches(urls, counts, "train_shards", cfg.data.sample_key, cfg.spec, cfg.data.batch_size,
+                      workers, 0, 1, cfg.seed, cfg.data.shuffle, 0, buffer_bytes=cfg.data.buffer_mb << 20,
+                      shuffle_buffer=cfg.data.shuffle_buffer)
     epoch = [0]
     # exactly the DataModule's loader (datamodule.py: ShardDataModule._loader)
     loader = EpochDataLoader(ds, lambda: (epoch[0], 0), batch_size=None, num_workers=workers,
@@ -145,12 +146,16 @@ def main(argv: list[str]) -> int:
     path, overrides, seconds = _parse(argv)
     cfg = load_config(path, overrides)
     from .data.shards import list_shards, sample_counts
+    from .data.splits import probe
+    from .data.urls import local_path
 
     urls = list_shards(cfg.data.train_shards, "data.train_shards")
     counts, problems = sample_counts(urls, cfg.data.sample_key, "data.train_shards")
-    total, size = sum(counts), sum(os.path.getsize(u) for u in urls)
+    cfg.spec, _ = probe(urls, cfg.data.sample_key, "data.train_shards", cfg.data.count_timeout_s)
+    total = sum(counts)
+    size = sum(os.path.getsize(local_path(u)) for u in urls) if all(local_path(u) for u in urls) else 0
     print(f"bench-data: {len(urls)} shards, {total:,} samples ({size / 1e6:,.1f} MB), {cfg.data.sample_key} of "
-          f"{cfg.model.input_dim} values, batch {cfg.data.batch_size}, shuffle {str(cfg.data.shuffle).lower()}; "
+          f"{cfg.spec.describe()}, batch {cfg.data.batch_size}, shuffle {str(cfg.data.shuffle).lower()}; "
           f"one rank, up to {seconds:g} s per run" + (f"; {len(problems)} shard(s) with problems" if problems else ""))
     runs = [_measure(cfg, urls, counts, 0, seconds)]
     if cfg.data.num_workers > 0:

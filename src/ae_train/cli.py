@@ -67,7 +67,14 @@ def cmd_make_shards(args: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample-key", default="x.npy")
     p.add_argument("--demo", action="store_true", help="the demo set: 8 train shards + 2 val shards, dim 64")
+    p.add_argument("--images", action="store_true", help="synthetic images (.png + .cls in .tar.gz) instead of vectors")
+    p.add_argument("--size", type=int, default=32, help="synthetic image height and width (default 32)")
+    p.add_argument("--channels", type=int, default=3, choices=(1, 3), help="synthetic image channels (default 3)")
+    p.add_argument("--from-images", dest="image_dir", help="a directory of .png/.jpg images (sub-directories: classes)")
+    p.add_argument("--images-demo", action="store_true", help="the image demo set: 4 train + 1 val .tar.gz shards")
     a = p.parse_args(args)
+    if a.images or a.image_dir or a.images_demo:
+        return _make_image_shards(a)
     import numpy as np
 
     from .data.make import split_sizes, synthetic, write_shards
@@ -95,21 +102,52 @@ def cmd_make_shards(args: list[str]) -> int:
     return 0
 
 
+def _make_image_shards(a) -> int:
+    from .data.make import folder_image_samples, split_sizes, synthetic_image_samples, write_image_shards
+
+    if a.images_demo:
+        jobs = [("train", synthetic_image_samples(2000, 32, 3, 0), split_sizes(2000, 500)),
+                ("val", synthetic_image_samples(400, 32, 3, 1), [400])]
+    elif a.image_dir:
+        if not os.path.isdir(a.image_dir):
+            raise ConfigError(f"--from-images: directory not found: {a.image_dir}")
+        samples, n = folder_image_samples(a.image_dir)
+        if n == 0:
+            raise ConfigError(f"--from-images: no .png/.jpg files under {a.image_dir}")
+        jobs = [(a.prefix, samples, split_sizes(n, a.per_shard))]
+    else:
+        if a.size < 4:
+            raise ConfigError(f"--size must be >= 4, got {a.size}")
+        jobs = [(a.prefix, synthetic_image_samples(a.num, a.size, a.channels, a.seed), split_sizes(a.num, a.per_shard))]
+    for prefix, samples, sizes in jobs:
+        try:
+            paths = write_image_shards(a.out, prefix, samples, sizes)
+        except (FileExistsError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        print(f"wrote {len(paths)} shards ({sum(sizes)} images) to {a.out}/{prefix}-*.tar.gz")
+    return 0
+
+
 def cmd_index(args: list[str]) -> int:
     if not args or args[0].startswith("-"):
-        raise ConfigError("usage: ae-train index SHARDS (brace pattern, glob, directory or list file)")
-    from .data.shards import list_shards, write_index
-    from .data.tario import ShardError, count_file
+        raise ConfigError("usage: ae-train index SHARDS (brace pattern, glob, directory, list file or URLs: "
+                          "the index is written beside local and s3:// shards)")
+    from .data.shards import count_shard, list_shards, reason, write_index
+    from .data.tario import ShardError
 
     urls = list_shards(args[0], "index")
     entries, bad = {}, 0
     for url in urls:
         try:
-            entries[url] = count_file(url)
+            entries[url] = count_shard(url)
         except (OSError, ShardError) as e:
             bad += 1
-            print(f"ae-train: shard {url}: {e} (not indexed)", file=sys.stderr)
-    for path in write_index(entries):
+            print(f"ae-train: shard {url}: {reason(e)} (not indexed)", file=sys.stderr)
+    try:
+        written = write_index(entries)
+    except OSError as e:
+        raise ConfigError(f"index: {reason(e)}") from None
+    for path in written:
         print(f"wrote {path}")
     print(f"indexed {len(entries)} shards, {sum(e['samples'] for e in entries.values())} samples; {bad} unreadable")
     return 1 if bad else 0
@@ -133,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"unknown command '{command}' (commands: fit, make-shards, index, diagnose, collect, bench-data, config)")
         return commands[command](rest)
     except (ConfigError, DataError) as e:
-        from .logs import logging_installed
-        if logging_installed():  # the run's logs exist: the error belongs in them as well
+        from .logs import logging_installed, print_error
+        if logging_installed() and not getattr(e, "logged", False):  # a rank: its logs hold the error
             logging.getLogger("ae_train").error("%s", e)
         else:
-            print(f"ae-train: error: {e}", file=sys.stderr)
+            print_error(str(e))
         return 2

@@ -22,11 +22,13 @@ class ConfigError(ValueError):
 class DataConfig:
     train_shards: str = "data/demo/train-{000000..000007}.tar"
     """Training shards: a brace pattern (`data/train-{000000..000099}.tar`), a glob, a directory of
-    `.tar` files, or a text file listing one shard per line."""
+    shards, a text file listing one per line, or URLs: `pipe:CMD`, `http(s)://`, `s3://`, `file:`
+    (brace patterns expand on every form). Shards are `.tar`, `.tar.gz` or `.tgz`."""
     val_shards: str = "data/demo/val-{000000..000001}.tar"
     """Validation shards, same forms as train_shards; empty string disables validation."""
     sample_key: str = "x.npy"
-    """Member extension that holds the input vector of each sample (`<key>.x.npy` in the tar)."""
+    """Member extension of each sample's input (`x.npy` for `<key>.x.npy`; `png`, `jpg`, `pth`, ...);
+    its last part picks the decoder. Other members (`.cls`, `.txt`) are not trained on."""
     batch_size: int = 256
     """Samples per batch per rank."""
     num_workers: int = 2
@@ -35,12 +37,28 @@ class DataConfig:
     """Reshuffle shard order (and samples inside each shard) every epoch from seed + epoch."""
     max_shard_errors: float = 0.1
     """Unreadable shards tolerated per epoch: a fraction of the epoch's shards when below 1, else a count."""
+    buffer_mb: int = 256
+    """Local uncompressed `.npy` shards up to this size are read whole into a reused buffer (the fast
+    path; a worker holds two: one read, one read ahead). Larger shards, and every remote or
+    compressed one, are streamed."""
+    shuffle_buffer: int = 1000
+    """Streamed shards are shuffled through a buffer of this many samples (raw, undecoded members)."""
+    count_timeout_s: int = 300
+    """A shard whose sample count (or first sample) does not arrive in this many seconds is given up
+    on like an unreadable one (a hung mount, a stalled server)."""
 
 
 @dataclass
 class ModelConfig:
-    input_dim: int = 64
-    """Length of each input vector (the `.npy` arrays are flattened to this)."""
+    arch: str = "mlp"
+    """`mlp` (inputs flattened to vectors) or `conv` (C x H x W images: strided convolutions)."""
+    input_dim: int = 0
+    """Values per input (the flattened length); 0 takes it from the data's first sample, a value
+    set here must agree with the data."""
+    input_shape: list[int] = field(default_factory=list)
+    """Shape of one input (C,H,W for images); empty takes it from the data, a value set must agree."""
+    conv_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    """`conv`: channels of the stride-2 encoder convolutions; the decoder mirrors them."""
     latent_dim: int = 8
     """Width of the bottleneck."""
     hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
@@ -227,7 +245,14 @@ def validate(cfg: Config) -> None:
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
         (cfg.data.max_shard_errors >= 0, "data.max_shard_errors must be >= 0"),
-        (cfg.model.input_dim >= 1, "model.input_dim must be >= 1"),
+        (cfg.model.input_dim >= 0, "model.input_dim must be >= 0 (0: from the data)"),
+        (all(d >= 1 for d in cfg.model.input_shape), "model.input_shape must all be >= 1"),
+        (cfg.model.arch in ("mlp", "conv"), f"model.arch must be mlp or conv, got '{cfg.model.arch}'"),
+        (bool(cfg.model.conv_channels) and all(c >= 1 for c in cfg.model.conv_channels),
+         "model.conv_channels must be a non-empty list of values >= 1"),
+        (cfg.data.buffer_mb >= 0, "data.buffer_mb must be >= 0"),
+        (cfg.data.shuffle_buffer >= 1, "data.shuffle_buffer must be >= 1"),
+        (cfg.data.count_timeout_s >= 1, "data.count_timeout_s must be >= 1"),
         (cfg.model.latent_dim >= 1, "model.latent_dim must be >= 1"),
         (all(h >= 1 for h in cfg.model.hidden_dims), "model.hidden_dims must all be >= 1"),
         (cfg.model.activation in ("relu", "gelu", "silu", "tanh"), "model.activation must be one of relu, gelu, silu, tanh"),

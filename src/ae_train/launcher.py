@@ -21,11 +21,14 @@ from pathlib import Path
 
 from . import logs
 from .config import Config, ConfigError, resume_path, to_yaml
-from .data.shards import COUNTS_ENV, DataError, error_limit, list_shards, sample_counts
+from .data import splits
+from .data.shards import COUNTS_ENV, DataError, list_shards
+from .launchwatch import LauncherWatchdog
 
 log = logging.getLogger(__name__)
 LAUNCHER_ENV = "AE_TRAIN_LAUNCHER"  # set for the ranks we start; absent under torchrun/srun
 CONFIG_MARK = "# written by ae-train: the resolved config of the latest run\n"
+COUNTS_CACHE = "shard_counts.json"  # in output_dir: counts this run's launcher made by reading shards
 
 
 def resolve_devices(cfg: Config) -> None:
@@ -65,15 +68,6 @@ def write_config(cfg: Config, out: Path, ts: str) -> None:
         log.warning("Left %s as it is (not written by ae-train); this run's config is config_%s.yaml", latest, ts)
 
 
-class _Held(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,56 +83,70 @@ def _describe_exit(code: int) -> str:
     return f"code {code}"
 
 
-def launch(cfg: Config, argv: list[str]) -> int:
-    # Cheap checks first (no torch import): a typo is reported in well under a second. What the
-    # checks log (unreadable shards found by the count scan) is held until the train log exists.
-    early = _Held()
-    logging.getLogger().addHandler(early)
-    logging.getLogger().setLevel(logging.INFO)
+def _cheap_checks(cfg: Config) -> tuple[Path, dict[str, list[str]]]:
+    """What fails in well under a second, without torch or reading a shard: one line on bad input."""
+    nodes, node_rank = cfg.trainer.num_nodes, int(os.environ.get("NODE_RANK", 0))
+    if nodes > 1 and not os.environ.get("MASTER_ADDR"):
+        raise ConfigError(f"trainer.num_nodes={nodes}: set MASTER_ADDR (node 0's address) and NODE_RANK on every node")
+    if not 0 <= node_rank < nodes:
+        raise ConfigError(f"NODE_RANK={node_rank} is outside 0..{nodes - 1} (trainer.num_nodes={nodes})")
+    listed = {name: list_shards(getattr(cfg.data, name), f"data.{name}")
+              for name in splits.SPLITS if getattr(cfg.data, name).strip()}
+    logs_dir = check_output_dir(cfg)
+    resume_path(cfg)  # fails here, before any rank, if the checkpoint is missing or would be overwritten
+    return logs_dir, listed
+
+
+def _resolve_data(cfg: Config, listed: dict[str, list[str]]) -> splits.DataFacts:
+    """Counts (reusing those an earlier run of this output_dir made) and first samples of each split."""
+    cache = Path(cfg.output_dir) / COUNTS_CACHE
     try:
-        counts: dict[str, int] = {}
-        problems: dict[str, str] = {}
-        for key in ("train_shards", "val_shards"):
-            spec = getattr(cfg.data, key)
-            if spec.strip():
-                urls = list_shards(spec, f"data.{key}")
-                split_counts, split_problems = sample_counts(urls, cfg.data.sample_key, f"data.{key}")
-                counts.update(zip(urls, split_counts))
-                problems.update(split_problems)
-                limit = error_limit(cfg.data.max_shard_errors, len(urls))
-                if len(split_problems) > limit:
-                    url, why = next(iter(split_problems.items()))
-                    raise DataError(f"data.{key}: {len(split_problems)} of {len(urls)} shards cannot be used, over the "
-                                    f"limit of {limit} (data.max_shard_errors={cfg.data.max_shard_errors:g}); "
-                                    f"first: {url}: {why}")
-        nodes, node_rank = cfg.trainer.num_nodes, int(os.environ.get("NODE_RANK", 0))
-        if nodes > 1 and not os.environ.get("MASTER_ADDR"):
-            raise ConfigError(f"trainer.num_nodes={nodes}: set MASTER_ADDR (node 0's address) and NODE_RANK on every node")
-        if not 0 <= node_rank < nodes:
-            raise ConfigError(f"NODE_RANK={node_rank} is outside 0..{nodes - 1} (trainer.num_nodes={nodes})")
-        logs_dir = check_output_dir(cfg)
-        resume_path(cfg)  # fails here, before any rank, if the checkpoint is missing or would be overwritten
-        resolve_devices(cfg)
-    finally:
-        logging.getLogger().removeHandler(early)
-    devices = int(cfg.trainer.devices)
+        known = json.loads(cache.read_text()) if cache.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    before = len(known)
+    facts = splits.resolve(cfg, known, listed)
+    if len(known) != before:  # counts this run made by reading shards: the next run reuses them
+        tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, cache)
+        log.info("Saved the sample counts of %d shard(s) to %s", len(known) - before, cache)
+    return facts
+
+
+def launch(cfg: Config, argv: list[str]) -> int:
+    logs_dir, listed = _cheap_checks(cfg)
+    nodes, node_rank = cfg.trainer.num_nodes, int(os.environ.get("NODE_RANK", 0))
+    # From here on the run has a train log (tail -f finds it at once); the console shows the checks
+    # once they take a while, and a check that fails is still one `ae-train: error:` line.
     ts = logs.new_run_timestamp(logs_dir)
-    train_log = logs.setup_launcher_logging(logs_dir, ts, train_log=node_rank == 0)
-    for record in early.records:
-        logging.getLogger(record.name).handle(record)
+    train_log = logs.setup_launcher_logging(logs_dir, ts, train_log=node_rank == 0, hold_console=True)
+    if node_rank == 0:
+        log.info("Logs: %s and %s", train_log, logs_dir / f"debug_rank*_{ts}.log", extra=logs.CONSOLE)
+        log.info("Monitor logs with: tail -f %s", train_log, extra=logs.CONSOLE)
+    log.info("Checking the data of run %s before starting ranks", ts, extra=logs.CONSOLE)
+    try:
+        with LauncherWatchdog(cfg.log.hang_timeout_s):
+            facts = _resolve_data(cfg, listed)
+            resolve_devices(cfg)
+    except (ConfigError, DataError) as e:
+        log.error("%s", e, extra=logs.FILE_ONLY)
+        logs.release_console(show=False)
+        e.logged = True
+        raise
+    logs.release_console()
+    devices = int(cfg.trainer.devices)
     world = devices * nodes
     if node_rank == 0:
         log.info("Starting training: %d rank(s) on %d node(s), %s, run %s", world, nodes, cfg.trainer.accelerator, ts,
                  extra=logs.CONSOLE)
-        log.info("Logs: %s and %s", train_log, logs_dir / f"debug_rank*_{ts}.log", extra=logs.CONSOLE)
-        log.info("Monitor logs with: tail -f %s", train_log, extra=logs.CONSOLE)
         log.info("Config:\n%s", to_yaml(cfg).rstrip())
         write_config(cfg, Path(cfg.output_dir), ts)
     else:
         log.info("Node %d: starting ranks %d-%d; node 0 (%s) names the run", node_rank, node_rank * devices,
                  node_rank * devices + devices - 1, os.environ["MASTER_ADDR"], extra=logs.CONSOLE)
     counts_file = logs_dir / f".shard_counts_{ts}.json"
-    counts_file.write_text(json.dumps({"counts": counts, "problems": problems}))
+    facts.save(str(counts_file))
 
     env = dict(os.environ, **{
         logs.RUN_TS_ENV: ts, COUNTS_ENV: str(counts_file), LAUNCHER_ENV: "1",
@@ -146,7 +154,9 @@ def launch(cfg: Config, argv: list[str]) -> int:
         "MASTER_PORT": os.environ.get("MASTER_PORT", "29500" if nodes > 1 else str(_free_port())),
         "WORLD_SIZE": str(world), "NODE_RANK": str(node_rank),
     })
-    resolved = [f"--trainer.devices={devices}", f"--trainer.accelerator={cfg.trainer.accelerator}"]
+    resolved = [f"--trainer.devices={devices}", f"--trainer.accelerator={cfg.trainer.accelerator}",
+                f"--model.input_dim={cfg.model.input_dim}",
+                f"--model.input_shape={','.join(map(str, cfg.model.input_shape))}"]
     cmd = [sys.executable, "-m", "ae_train", "fit", *argv, *resolved]
     procs: dict[int, subprocess.Popen] = {}
     for local in range(devices):

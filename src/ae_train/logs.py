@@ -21,6 +21,8 @@ RUN_TS_ENV = "AE_TRAIN_RUN_TS"
 DEBUG_ONLY = ("ae_train.data", "ae_train.callbacks.debug", "ae_train.callbacks.watchdog", "stdout", "stderr")
 CONSOLE = {"console": True}  # extra= for the few INFO records the console shows (rank 0's)
 NODE_CONSOLE = {"node_console": True}  # extra= for a line every node's console shows
+FILE_ONLY = {"file_only": True}  # extra= for an error the console already shows as `ae-train: error:`
+HEARTBEAT = {"heartbeat": True}  # extra= for a periodic line that reports no new progress
 
 _state: dict = {"tag": "Launcher", "rank": None, "worker": None, "installed": False, "console": None}
 
@@ -63,6 +65,8 @@ class _TrainLogFilter(logging.Filter):
 
 class _ConsoleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "file_only", False):
+            return False
         if record.levelno >= logging.ERROR or getattr(record, "node_console", False):
             return True
         return _state["rank"] in (0, None) and getattr(record, "console", False)
@@ -97,7 +101,33 @@ class _SafeFileHandler(logging.handlers.WatchedFileHandler):
 
 
 class _ConsoleHandler(logging.StreamHandler):
-    pass
+    """With `held`, records wait until show_held(): the launcher's checks stay off the console while
+    they are quick (bad input is then one line), and show as soon as they take a while."""
+
+    held: list | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.held is not None:
+            self.held.append(record)
+        else:
+            super().emit(record)
+
+    def show_held(self, show: bool = True) -> None:  # not `release`: that is Handler's lock
+        held, self.held = self.held, None
+        for record in (held or []) if show else []:
+            super().emit(record)
+
+
+def release_console(show: bool = True) -> None:
+    """Show (or drop, with show=False) what the launcher's console held back; later lines show at once."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, _ConsoleHandler):
+            h.show_held(show)
+
+
+def print_error(message: str) -> None:
+    """Bad input: the one line the console shows."""
+    print(f"ae-train: error: {message}", file=sys.__stderr__, flush=True)
 
 
 class _StreamToLogger:
@@ -198,13 +228,15 @@ def setup_rank_logging(logs_dir: Path, ts: str, rank: int, world: int, debug: bo
     return paths
 
 
-def setup_launcher_logging(logs_dir: Path, ts: str, train_log: bool = True) -> Path:
-    """The launcher writes its own lines (rank exits, signals) to the train log and the console.
+def setup_launcher_logging(logs_dir: Path, ts: str, train_log: bool = True, hold_console: bool = False) -> Path:
+    """The launcher writes its own lines (checks, rank exits, signals) to the train log and the console.
     Launchers of nodes other than 0 keep to their console: the run's timestamp is node 0's."""
     logs_dir.mkdir(parents=True, exist_ok=True)
     path = logs_dir / f"train_{ts}.log"
     _state.update(rank=None, worker=None, tag="Launcher", rank_tag="Launcher")
-    handlers = [_handler(_ConsoleHandler(sys.stdout), logging.INFO, _ConsoleFilter())]
+    console = _ConsoleHandler(sys.stdout)
+    console.held = [] if hold_console else None
+    handlers = [_handler(console, logging.INFO, _ConsoleFilter())]
     if train_log:
         handlers.append(_handler(_SafeFileHandler(path, encoding="utf-8"), logging.INFO))
     _install(handlers, logging.INFO)

@@ -1,4 +1,10 @@
-"""MLP autoencoder: MSE reconstruction, AdamW, linear warm-up then cosine decay."""
+"""Autoencoders (MLP or convolutional): MSE reconstruction, AdamW, linear warm-up then cosine decay.
+
+Batches arrive as float32 arrays or uint8 images; images are scaled to [0, 1] here, on the device,
+so workers hand over a quarter of the bytes. `mlp` flattens any input to a vector and shapes the
+reconstruction back; `conv` takes C x H x W: stride-2 convolutions down to `latent_dim`, the mirror
+image up, the output cropped to the input size (the stride-2 path rounds sizes up).
+"""
 from __future__ import annotations
 
 import math
@@ -19,25 +25,75 @@ def _mlp(widths: list[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class AutoEncoder(pl.LightningModule):
-    def __init__(self, input_dim: int, latent_dim: int, hidden_dims: list[int], activation: str = "gelu",
-                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, total_steps: int = 1000):
+class _Crop(nn.Module):
+    """(B, C, H', W') -> (B, C, H, W) with H' >= H, W' >= W: the decoder's output at the input size."""
+
+    def __init__(self, height: int, width: int):
         super().__init__()
-        self.save_hyperparameters()
-        self.encoder = _mlp([input_dim, *hidden_dims, latent_dim], activation)
-        self.decoder = _mlp([latent_dim, *reversed(hidden_dims), input_dim], activation)
+        self.height, self.width = height, width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))  # (B, input_dim) -> (B, input_dim)
+        return x[:, :, :self.height, :self.width]
+
+
+def _conv(shape: tuple[int, int, int], channels: list[int], latent_dim: int, activation: str):
+    c, h, w = shape
+    enc: list[nn.Module] = []
+    prev, sizes = c, [(h, w)]
+    for ch in channels:
+        enc += [nn.Conv2d(prev, ch, 3, stride=2, padding=1), ACTIVATIONS[activation]()]
+        prev = ch
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))  # stride 2, padding 1: ceil(h / 2)
+    bh, bw = sizes[-1]
+    flat = prev * bh * bw
+    encoder = nn.Sequential(*enc, nn.Flatten(), nn.Linear(flat, latent_dim))  # (B, C, H, W) -> (B, latent)
+    dec: list[nn.Module] = [nn.Linear(latent_dim, flat), nn.Unflatten(1, (prev, bh, bw))]
+    outs = [*reversed(channels[:-1]), c]
+    for i, ch in enumerate(outs):
+        dec.append(nn.ConvTranspose2d(prev, ch, 3, stride=2, padding=1, output_padding=1))  # doubles H, W
+        if i < len(outs) - 1:
+            dec.append(ACTIVATIONS[activation]())
+        prev = ch
+    decoder = nn.Sequential(*dec, _Crop(h, w))  # (B, latent) -> (B, C, bh * 2^L, bw * 2^L) -> (B, C, H, W)
+    return encoder, decoder
+
+
+class AutoEncoder(pl.LightningModule):
+    def __init__(self, input_dim: int, latent_dim: int, hidden_dims: list[int], activation: str = "gelu",
+                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, total_steps: int = 1000,
+                 arch: str = "mlp", input_shape: list[int] | None = None, conv_channels: list[int] | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.input_shape = tuple(input_shape or (input_dim,))
+        if arch == "conv":
+            if len(self.input_shape) != 3:
+                raise ValueError(f"arch=conv needs a C x H x W input shape, got {self.input_shape}")
+            self.encoder, self.decoder = _conv(self.input_shape, list(conv_channels or [32, 64, 128]), latent_dim,
+                                               activation)
+        else:
+            # (B, *shape) -> (B, input_dim) -> (B, latent) -> (B, input_dim) -> (B, *shape)
+            self.encoder = nn.Sequential(nn.Flatten(), _mlp([input_dim, *hidden_dims, latent_dim], activation))
+            self.decoder = nn.Sequential(_mlp([latent_dim, *reversed(hidden_dims), input_dim], activation),
+                                         nn.Unflatten(1, self.input_shape))
+
+    @staticmethod
+    def inputs(batch: torch.Tensor) -> torch.Tensor:
+        """float inputs of a batch: uint8 pixels scaled to [0, 1] (on the batch's device)."""
+        return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))  # (B, *shape) -> (B, *shape)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss = nn.functional.mse_loss(self(batch), batch)
+        x = self.inputs(batch)
+        loss = nn.functional.mse_loss(self(x), x)
         # on_epoch accumulation stays on the device; the epoch mean is reduced across ranks once.
         self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(batch))
         return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss = nn.functional.mse_loss(self(batch), batch)
+        x = self.inputs(batch)
+        loss = nn.functional.mse_loss(self(x), x)
         self.log("val_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(batch))
         return loss
 

@@ -26,7 +26,10 @@ from .callbacks.shard_errors import ShardErrorLimit, TooManyShardErrors
 from .callbacks.summary import EpochSummary
 from .callbacks.watchdog import HangWatchdog
 from .config import Config, ConfigError, resume_path, to_yaml
+from .data import splits
 from .data.datamodule import ShardDataModule
+from .data.shards import COUNTS_ENV, DataError
+from .data.splits import DataFacts
 from .launcher import LAUNCHER_ENV, resolve_devices, write_config
 from .model import AutoEncoder
 
@@ -105,6 +108,36 @@ def _metric_loggers(output_dir: str, ts: str) -> list:
     return loggers
 
 
+def _data_facts(cfg: Config, rank: int, world: int) -> DataFacts:
+    """The launcher's data facts; under torchrun/srun rank 0 resolves them once and sends them to all."""
+    if os.environ.get(COUNTS_ENV) or world == 1:
+        return splits.facts_for_rank(cfg)
+    import torch.distributed as dist
+
+    box: list = [None]
+    if rank == 0:
+        try:
+            box = [splits.resolve(cfg).to_json()]
+        except (ConfigError, DataError) as e:
+            box = [e]
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], Exception):
+        raise box[0]
+    facts = DataFacts.from_json(box[0])
+    splits.fit_model(cfg.model, facts.splits["train_shards"].spec, facts.splits["train_shards"].spec_from)
+    return facts
+
+
+def _model(cfg: Config, facts: DataFacts, total_steps: int) -> AutoEncoder:
+    m = cfg.model
+    spec = facts.splits["train_shards"].spec
+    if m.arch == "mlp" and spec.decoder == "image":
+        log.info("model.arch=mlp on %s images: each is flattened to %d values (pixels scaled to [0, 1])",
+                 "x".join(map(str, spec.shape)), spec.size)
+    return AutoEncoder(m.input_dim, m.latent_dim, m.hidden_dims, m.activation, m.lr, m.weight_decay, m.warmup_steps,
+                       total_steps=total_steps, arch=m.arch, input_shape=m.input_shape, conv_channels=m.conv_channels)
+
+
 def _announce(cfg: Config, paths: dict, ts: str, rank: int, world: int, local_rank: int, node_rank: int,
               gpu: bool) -> None:
     """The debug log's header; where the logs are (console), when no launcher said it already."""
@@ -135,10 +168,9 @@ def main(cfg: Config) -> int:
     _announce(cfg, paths, ts, rank, world, local_rank, node_rank, gpu)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = ShardDataModule(cfg.data, cfg.model.input_dim, cfg.seed, rank)
-    model = AutoEncoder(cfg.model.input_dim, cfg.model.latent_dim, cfg.model.hidden_dims, cfg.model.activation,
-                        cfg.model.lr, cfg.model.weight_decay, cfg.model.warmup_steps,
-                        total_steps=datamodule.steps_per_epoch(world) * cfg.trainer.max_epochs)
+    facts = _data_facts(cfg, rank, world)
+    datamodule = ShardDataModule(cfg.data, facts, cfg.seed, rank)
+    model = _model(cfg, facts, total_steps=datamodule.steps_per_epoch(world) * cfg.trainer.max_epochs)
     has_val = bool(cfg.data.val_shards.strip())
     ckpt_dir = Path(cfg.output_dir) / "checkpoints"
     shard_errors = ShardErrorLimit(cfg.data.max_shard_errors)

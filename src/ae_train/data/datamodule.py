@@ -1,9 +1,7 @@
 """LightningDataModule over WebDataset shards with equal batches per rank in every epoch."""
 from __future__ import annotations
 
-import json
 import logging
-import os
 import warnings
 
 import pytorch_lightning as pl
@@ -14,7 +12,7 @@ from .. import stacks
 from ..config import DataConfig
 from .plan import batches_per_rank
 from .reader import ShardBatches
-from .shards import COUNTS_ENV, list_shards, sample_counts
+from .splits import DataFacts
 
 log = logging.getLogger(__name__)
 
@@ -22,50 +20,35 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 
-def resolve_counts(urls: list[str], sample_key: str, key: str) -> tuple[list[int], dict[str, str]]:
-    """The launcher's counts when it made them (one scan for all ranks), else our own."""
-    path = os.environ.get(COUNTS_ENV)
-    if path and os.path.isfile(path):
-        with open(path) as f:
-            known = json.load(f)
-        if all(u in known["counts"] for u in urls):
-            return [int(known["counts"][u]) for u in urls], {u: known["problems"][u] for u in urls if u in known["problems"]}
-    return sample_counts(urls, sample_key, key)
-
-
 class ShardDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: DataConfig, input_dim: int, seed: int, rank: int = 0):
+    def __init__(self, cfg: DataConfig, facts: DataFacts, seed: int, rank: int = 0):
         super().__init__()
-        self.cfg, self.input_dim, self.seed, self.rank = cfg, input_dim, seed, rank
-        self.splits: dict[str, tuple[list[str], list[int], dict[str, str]]] = {}
+        self.cfg, self.facts, self.seed, self.rank = cfg, facts, seed, rank
         self.train_set: ShardBatches | None = None
         self.val_set: ShardBatches | None = None
+        self._reported = False
 
     def setup(self, stage: str) -> None:
-        self.load_splits()
-
-    def load_splits(self) -> None:
-        for name, spec in (("train_shards", self.cfg.train_shards), ("val_shards", self.cfg.val_shards)):
-            if spec.strip() and name not in self.splits:
-                urls = list_shards(spec, f"data.{name}")
-                counts, problems = resolve_counts(urls, self.cfg.sample_key, f"data.{name}")
-                self.splits[name] = (urls, counts, problems)
-                log.info("%s: %d shards, %d samples", name, len(urls), sum(counts))
-                if self.rank == 0:  # once per run, into the train log as well
-                    for url, why in problems.items():
-                        log.error("Error reading shard %s: %s", url, why)
+        if self._reported:
+            return
+        self._reported = True
+        for name, split in self.facts.splits.items():
+            log.info("%s: %d shards, %d samples of %s", name, len(split.urls), sum(split.counts), split.spec.describe())
+            if self.rank == 0:  # once per run, into the train log as well
+                for url, why in split.problems.items():
+                    log.error("Error reading shard %s: %s", url, why)
 
     def steps_per_epoch(self, world: int) -> int:
         """Training batches per rank in every epoch (the epoch plan's count, the same on all ranks)."""
-        self.load_splits()
-        return batches_per_rank(sum(self.splits["train_shards"][1]), world, self.cfg.batch_size)
+        return batches_per_rank(sum(self.facts.splits["train_shards"].counts), world, self.cfg.batch_size)
 
     def _dataset(self, name: str, shuffle: bool) -> ShardBatches:
-        urls, counts, problems = self.splits[name]
-        ds = ShardBatches(urls, counts, name, self.cfg.sample_key, self.input_dim, self.cfg.batch_size,
+        split = self.facts.splits[name]
+        ds = ShardBatches(split.urls, split.counts, name, self.cfg.sample_key, split.spec, self.cfg.batch_size,
                           self.cfg.num_workers, self.trainer.global_rank, self.trainer.world_size,
-                          self.seed, shuffle, self.trainer.current_epoch)
-        ds.plan_errors = len(problems)  # shards found broken when counted: errors of every epoch
+                          self.seed, shuffle, self.trainer.current_epoch, buffer_bytes=self.cfg.buffer_mb << 20,
+                          shuffle_buffer=self.cfg.shuffle_buffer)
+        ds.plan_errors = len(split.problems)  # shards found broken when counted: errors of every epoch
         return ds
 
     def _loader(self, ds: ShardBatches) -> DataLoader:
@@ -89,7 +72,7 @@ class ShardDataModule(pl.LightningDataModule):
         return self._loader(self.train_set)
 
     def val_dataloader(self) -> DataLoader:
-        if "val_shards" not in self.splits:
+        if "val_shards" not in self.facts.splits:
             return []
         self.val_set = self._dataset("val_shards", False)
         return self._loader(self.val_set)

@@ -1,19 +1,27 @@
-"""Write WebDataset shards (per-sample `x.npy`) and their sample-count index.
+"""Write WebDataset shards and their sample-count index: `.npy` vectors in `.tar`, or images
+(`.png`/`.jpg` with a `.cls` label) in `.tar.gz`.
 
-Synthetic data is low-rank vectors plus noise (x = z @ W + 0.05 * noise, z of `rank` dims), so an
-autoencoder with a latent of at least `rank` dims can learn to reconstruct it.
+Synthetic vectors are low-rank plus noise (x = z @ W + 0.05 * noise, z of `rank` dims), so an
+autoencoder with a latent of at least `rank` dims can learn to reconstruct them. Synthetic images
+are a coloured disc or square on a colour gradient (the label says which shape): few parameters
+per image, so a small conv autoencoder learns them in a few epochs.
 """
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
 
-from .shards import write_index
+from .shards import count_shard, write_index
 from .tario import count_file
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +55,73 @@ def write_shards(out_dir: str, prefix: str, data: np.ndarray, sizes: list[int], 
 def split_sizes(total: int, per_shard: int) -> list[int]:
     full, rest = divmod(total, per_shard)
     return [per_shard] * full + ([rest] if rest else [])
+
+
+def synthetic_images(num: int, size: int, channels: int, seed: int):
+    """(uint8 images (num, size, size, channels), labels): a disc (0) or square (1) on a gradient."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / max(1, size - 1)
+    for _ in range(num):
+        a, b, fg = rng.random((3, channels))
+        img = a[None, None] * (1 - yy[..., None]) + b[None, None] * xx[..., None] * 0.7
+        cy, cx = rng.uniform(0.25, 0.75, 2)
+        r = rng.uniform(0.12, 0.3)
+        label = int(rng.integers(2))
+        inside = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) if label == 0 else \
+            (np.abs(yy - cy) < r) & (np.abs(xx - cx) < r)
+        img[inside] = fg
+        yield (np.clip(img, 0, 1) * 255).astype(np.uint8), label
+
+
+def _png(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_image_shards(out_dir: str, prefix: str, samples, sizes: list[int]) -> list[str]:
+    """`samples` yields (member ext, image bytes, label); one `.tar.gz` per entry of `sizes`, each
+    sample `<key>.<ext>` + `<key>.cls`, written as a stream (gzip over tar, no temporary copy)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths, it, j = [], iter(samples), 0
+    for i, n in enumerate(sizes):
+        path = os.path.join(out_dir, f"{prefix}-{i:06d}.tar.gz")
+        if os.path.exists(path):
+            raise FileExistsError(f"{path} exists; make-shards never overwrites shards")
+        with gzip.open(path, "wb", compresslevel=6) as gz, tarfile.open(fileobj=gz, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+            for _ in range(n):
+                ext, data, label = next(it)
+                key = f"{prefix}{i:06d}_{j:09d}"
+                _add(tar, f"{key}.{ext}", data)
+                _add(tar, f"{key}.cls", str(label).encode())
+                j += 1
+        paths.append(path)
+    write_index({p: count_shard(p) for p in paths})
+    return paths
+
+
+def synthetic_image_samples(num: int, size: int, channels: int, seed: int):
+    for img, label in synthetic_images(num, size, channels, seed):
+        yield "png", _png(img), label
+
+
+def folder_image_samples(directory: str) -> tuple[list, int]:
+    """The image files under `directory` (sorted), their bytes as they are (no re-encoding), the label
+    the index of their sub-directory (ImageFolder's rule; 0 when flat)."""
+    root = Path(directory)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    classes = sorted({p.parent.relative_to(root).as_posix() for p in files})
+    label = {c: i for i, c in enumerate(classes)}
+
+    def gen():
+        for p in files:
+            yield p.suffix.lower().lstrip("."), p.read_bytes(), label[p.parent.relative_to(root).as_posix()]
+    return gen(), len(files)

@@ -1,8 +1,14 @@
 """The per-worker sample path: read the shards of this worker's plan, yield whole batches.
 
 Stages, in order: plan (equal batches per rank) -> this rank -> this worker -> read shard -> pick the
-sample range -> shuffle inside it -> slice `.npy` payloads out of the shard buffer -> batch.
-Batches are assembled here, inside the worker, so the rank's main process only receives tensors.
+sample range -> shuffle inside it -> decode into a preallocated batch -> batch. Batches are built
+here, inside the worker, so the rank's main process only receives tensors: float32 (B, *shape) for
+arrays, uint8 (B, C, H, W) for images (scaled on the device).
+
+Two ways to read a shard. The fast path, for local uncompressed `.npy` shards no larger than
+data.buffer_mb: the whole file in one reused buffer (the next one read ahead), its rows gathered by
+the vectorized tar walk. Everything else streams: any URL, gzip, images, shards over the size
+limit; memory is one read chunk, the raw members of the shuffle buffer and the batch being filled.
 """
 from __future__ import annotations
 
@@ -16,23 +22,73 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .. import logs
+from .decode import SampleSpec, decode_into
 from .plan import EpochPlan, Piece, make_plan
+from .shards import reason
+from .stream import open_samples
 from .tario import ShardError, npy_layout, read_shard_ahead
 from .tarscan import npy_rows, sample_table, uniform_npy_rows
+from .urls import is_compressed, local_path
 
 log = logging.getLogger(__name__)
+DEFAULT_BUFFER_BYTES = 256 << 20
+DEFAULT_SHUFFLE_BUFFER = 1000
+
+
+class NoReadableSamples(RuntimeError):
+    """A worker must pad but no shard of the split gives it one real sample to repeat."""
+
+
+class _Batcher:
+    """Fills preallocated batches slot by slot (rows in blocks, members one by one)."""
+
+    def __init__(self, spec: SampleSpec, batch_size: int):
+        self.spec, self.batch_size = spec, batch_size
+        self.cur = self._new()
+        self.fill = 0
+
+    def _new(self) -> np.ndarray:
+        return np.empty((self.batch_size, *self.spec.shape), self.spec.dtype)
+
+    def _full(self) -> np.ndarray:
+        out, self.cur, self.fill = self.cur, self._new(), 0
+        return out
+
+    def add_rows(self, rows: np.ndarray):
+        """Copy rows (n, size) into batches; yields each batch as it fills."""
+        pos = 0
+        while pos < len(rows):
+            take = min(self.batch_size - self.fill, len(rows) - pos)
+            self.cur.reshape(self.batch_size, -1)[self.fill:self.fill + take] = rows[pos:pos + take]
+            self.fill += take
+            pos += take
+            if self.fill == self.batch_size:
+                yield self._full()
+
+    def add_member(self, key: str, data: bytes):
+        try:
+            decode_into(self.spec, data, self.cur[self.fill])
+        except ShardError as e:
+            raise ShardError(f"sample {key}: {e}") from None
+        self.fill += 1
+        if self.fill == self.batch_size:
+            yield self._full()
 
 
 class ShardBatches(IterableDataset):
     """One split's batches for one rank; `len()` is the rank's batch count for the current epoch."""
 
-    def __init__(self, urls: list[str], counts: list[int], name: str, sample_key: str, input_dim: int,
-                 batch_size: int, num_workers: int, rank: int, world: int, seed: int, shuffle: bool, epoch: int = 0):
+    def __init__(self, urls: list[str], counts: list[int], name: str, sample_key: str, spec: SampleSpec | int,
+                 batch_size: int, num_workers: int, rank: int, world: int, seed: int, shuffle: bool, epoch: int = 0,
+                 buffer_bytes: int = DEFAULT_BUFFER_BYTES, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
         super().__init__()
         self.urls, self.counts, self.name = urls, counts, name
-        self.sample_key, self.input_dim, self.batch_size = sample_key.lower(), input_dim, batch_size
+        # An int is the old form: vectors of that length from .npy members.
+        self.spec = spec if isinstance(spec, SampleSpec) else SampleSpec((int(spec),), "float32", "npy")
+        self.sample_key, self.batch_size = sample_key.lower(), batch_size
         self.num_workers, self.rank, self.world = num_workers, rank, world
         self.seed, self.shuffle, self.epoch = seed, shuffle, epoch
+        self.buffer_bytes, self.shuffle_buffer = buffer_bytes, shuffle_buffer
         self.plan: EpochPlan = make_plan(counts, world, num_workers, batch_size, seed, epoch, shuffle)
         # Shard errors of this epoch, summed over this rank's workers (forked workers share it).
         self.errors = multiprocessing.Value("i", 0)
@@ -68,7 +124,17 @@ class ShardBatches(IterableDataset):
             log.info("Resuming mid-epoch %d: skipping the %d batch(es) of this worker already trained", self.epoch, skip)
         for i, batch in enumerate(self._worker_batches(worker)):
             if i >= skip:
-                yield batch
+                yield torch.from_numpy(batch)
+
+    def _fast(self, url: str) -> bool:
+        """Local, uncompressed, `.npy`, and small enough to hold whole."""
+        path = local_path(url)
+        if self.spec.decoder != "npy" or path is None or is_compressed(url):
+            return False
+        try:
+            return os.path.getsize(path) <= self.buffer_bytes
+        except OSError:
+            return True  # the fast path's open names the error
 
     def _worker_batches(self, worker: int):
         wp = self.plan.workers[self.rank][worker]  # the plan was made for this many workers
@@ -76,68 +142,139 @@ class ShardBatches(IterableDataset):
                  wp.shards, len(self.urls), self.name, self.epoch, wp.samples, wp.batches)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         t0, produced, samples, errors = time.perf_counter(), 0, 0, 0
-        carry, last = None, None
-        for piece in wp.pieces:
+        batcher, last = _Batcher(self.spec, self.batch_size), None
+        for k, piece in enumerate(wp.pieces):
+            url, t_shard, n = self.urls[piece.shard], time.perf_counter(), 0
+            following = wp.pieces[k + 1].shard if k + 1 < len(wp.pieces) else None
             try:
-                rows = self._open(piece)
+                if self._fast(url):
+                    ahead = self.urls[following] if following not in (None, piece.shard) else None
+                    rows = self._open(piece, ahead if ahead and self._fast(ahead) else None)
+                    n = len(rows)
+                    for batch in self._gathered(rows, rng, batcher, wp.batches - produced):
+                        last, produced = batch, produced + 1
+                        yield batch
+                else:
+                    for key, data in self._streamed(piece, rng):
+                        n += 1
+                        for batch in batcher.add_member(key, data):
+                            last, produced = batch, produced + 1
+                            yield batch
+                        if produced == wp.batches:
+                            break
             except (OSError, ShardError) as e:
-                reason = e.strerror if isinstance(e, OSError) and e.strerror else e
                 if piece.start > 0:  # the reader of the shard's first samples reports and counts it
-                    log.debug("Skipping the rest of shard %s: %s", self.urls[piece.shard], reason)
-                    continue
-                errors += 1
-                with self.errors.get_lock():
-                    self.errors.value += 1
-                log.error("Error reading shard %s: %s; skipped", self.urls[piece.shard], reason)
-                continue
-            t_shard = time.perf_counter()
-            order = rng.permutation(len(rows)) if self.shuffle else np.arange(len(rows))
-            pos = 0
-            if carry is not None:  # a batch that spans two shards
-                need = self.batch_size - len(carry)
-                carry = np.concatenate([carry, rows[order[:need]]])
-                pos = need
-                if len(carry) == self.batch_size:
-                    last, carry = carry, None
-                    produced += 1
-                    yield torch.from_numpy(last)
-            while carry is None and pos + self.batch_size <= len(rows) and produced < wp.batches:
-                last = rows[order[pos:pos + self.batch_size]]
-                pos += self.batch_size
-                produced += 1
-                yield torch.from_numpy(last)
-            if pos < len(rows) and produced < wp.batches:
-                carry = rows[order[pos:]] if carry is None else carry
-            samples += len(rows)
-            log.debug("Finished shard %s: %d samples in %.3fs", self.urls[piece.shard], len(rows),
-                      time.perf_counter() - t_shard)
+                    log.debug("Skipping the rest of shard %s: %s", url, reason(e))
+                else:
+                    errors += 1
+                    with self.errors.get_lock():
+                        self.errors.value += 1
+                    log.error("Error reading shard %s: %s; skipped", url, reason(e))
+            samples += n
+            if n:
+                log.debug("Finished shard %s: %d samples in %.3fs", url, n, time.perf_counter() - t_shard)
+            if produced == wp.batches:
+                break
         missing = wp.batches - produced
-        if missing > 0:  # shard errors or stale counts: repeat what we read to keep ranks in step
+        if missing > 0:  # shard errors or stale counts: repeat real samples to keep ranks in step
             log.warning("%s: worker read %d of %d planned samples; padding %d batch(es) with repeats to keep "
                         "batch counts equal across ranks", self.name, samples, wp.samples, missing)
-            filler = last if last is not None else np.zeros((self.batch_size, self.input_dim), np.float32)
-            if carry is not None:
-                filler = np.concatenate([carry, filler])[:self.batch_size]
-            for _ in range(missing):
-                yield torch.from_numpy(filler.copy())
+            for batch in self._padding(batcher, last, missing):
+                yield batch
         log.info("COMPLETED iteration, total samples: %d (epoch %d, batches %d, shards %d, errors %d, %.1fs, %s)",
                  samples, self.epoch, wp.batches, wp.shards, errors, time.perf_counter() - t0, self.name)
 
-    def _open(self, piece: Piece) -> np.ndarray:
-        """float32 rows [start, stop) of the shard's samples that hold `sample_key`: (n, input_dim)."""
+    def _gathered(self, rows: np.ndarray, rng: np.random.Generator, batcher: _Batcher, limit: int):
+        """Batches of `rows` (n, size) in shuffled order, at most `limit`: the partial batch left by the
+        previous shard is topped up first, then each whole batch is one fancy-index gather (one copy)."""
+        order = rng.permutation(len(rows)) if self.shuffle else np.arange(len(rows))
+        pos, shape = 0, (self.batch_size, *self.spec.shape)
+        if batcher.fill:
+            pos = min(self.batch_size - batcher.fill, len(rows))
+            for batch in batcher.add_rows(rows[order[:pos]]):
+                limit -= 1
+                yield batch
+        while limit > 0 and pos + self.batch_size <= len(rows):
+            limit -= 1
+            yield rows[order[pos:pos + self.batch_size]].reshape(shape)
+            pos += self.batch_size
+        if limit > 0 and pos < len(rows):
+            yield from batcher.add_rows(rows[order[pos:]])  # less than a batch: never completes one
+
+    def _padding(self, batcher: _Batcher, last: np.ndarray | None, missing: int):
+        """`missing` batches of real samples: the partial batch topped up from the last full one, or
+        its own samples repeated; with nothing read at all, samples of any readable shard of the split."""
+        if last is None and batcher.fill == 0:
+            last = self._any_real_batch()
+        have = batcher.cur[:batcher.fill].copy() if batcher.fill else last[:0]
+        pool = np.concatenate([have, last]) if last is not None else have
+        filler = np.resize(pool, (self.batch_size, *self.spec.shape)).astype(self.spec.dtype, copy=False)
+        for _ in range(missing):
+            yield filler.copy()
+
+    def _any_real_batch(self) -> np.ndarray:
+        """Up to one batch of real samples from the split's shards in order; never zeros."""
+        out, why = [], "no shard holds a readable sample"
+        for url in self.urls:
+            try:
+                with_key = self._streamed(Piece(self.urls.index(url), 0, self.batch_size), None)
+                for _, data in with_key:
+                    slot = np.empty(self.spec.shape, self.spec.dtype)
+                    decode_into(self.spec, data, slot)
+                    out.append(slot)
+                    if len(out) == self.batch_size:
+                        break
+            except (OSError, ShardError) as e:
+                why = f"{url}: {reason(e)}"
+            if out:
+                return np.stack(out)
+        raise NoReadableSamples(f"{self.name}: no sample of any shard can be read to keep ranks in step ({why}); "
+                                "stopping instead of training on made-up data")
+
+    def _streamed(self, piece: Piece, rng: np.random.Generator | None):
+        """(key, raw input member) of samples [start, stop) of the shard, in shuffle-buffer order when shuffling."""
         url = self.urls[piece.shard]
         log.debug("Opening shard %s (samples %d..%d of %d)", url, piece.start, piece.stop, self.counts[piece.shard])
-        info = get_worker_info()
-        pieces = self.plan.workers[self.rank][info.id if info else 0].pieces
-        k = pieces.index(piece) if piece in pieces else len(pieces)
-        after = pieces[k + 1].shard if k + 1 < len(pieces) else piece.shard
-        buf = read_shard_ahead(url, self.urls[after] if after != piece.shard else None)  # reads the next one meanwhile
+        stream, samples = open_samples(url, {self.sample_key})
+        try:
+            index, pool = 0, []
+            for key, parts in samples:
+                data = parts.get(self.sample_key)
+                if data is None:
+                    continue
+                index += 1
+                if index <= piece.start:
+                    continue
+                if rng is None or not self.shuffle or self.shuffle_buffer <= 1:
+                    yield key, data
+                elif len(pool) < self.shuffle_buffer:
+                    pool.append((key, data))
+                else:
+                    j = int(rng.integers(len(pool)))
+                    out, pool[j] = pool[j], (key, data)
+                    yield out
+                if index >= piece.stop:
+                    break
+            if rng is not None and self.shuffle:
+                for j in rng.permutation(len(pool)):
+                    yield pool[j]
+            if index < piece.stop:
+                raise ShardError(f"holds {index} '{self.sample_key}' samples, the index says "
+                                 f"{self.counts[piece.shard]} (run `ae-train index` again)")
+        finally:
+            stream.close()
+
+    def _open(self, piece: Piece, ahead: str | None) -> np.ndarray:
+        """float32 rows [start, stop) of the shard's samples that hold `sample_key`: (n, size)."""
+        url = self.urls[piece.shard]
+        log.debug("Opening shard %s (samples %d..%d of %d)", url, piece.start, piece.stop, self.counts[piece.shard])
+        buf = read_shard_ahead(local_path(url), local_path(ahead) if ahead else None)  # reads the next one meanwhile
         members = sample_table(buf, self.sample_key)
         if len(members) < piece.stop:
             raise ShardError(f"holds {len(members)} '{self.sample_key}' samples, the index says "
                              f"{self.counts[piece.shard]} (run `ae-train index` again)")
         chosen = members[piece.start:piece.stop]
-        return gather_npy(buf, chosen, chosen.keys, self.input_dim)
+        return gather_npy(buf, chosen, chosen.keys, self.spec.size)
 
 
 def gather_npy(buf: bytes, members, keys, input_dim: int) -> np.ndarray:

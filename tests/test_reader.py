@@ -1,0 +1,51 @@
+"""The per-worker reader: streamed and whole-buffer paths give the same samples, padding repeats real
+samples (never zeros), and a split with nothing readable stops instead of training on made-up data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from ae_train.data.reader import NoReadableSamples, ShardBatches
+from conftest import make_shards
+
+
+def _batches(ds: ShardBatches) -> np.ndarray:
+    return torch.cat(list(DataLoader(ds, batch_size=None, num_workers=0))).numpy()
+
+
+def test_reader_stream_above_buffer_limit_equals_fast_path(tmp_path):
+    urls = make_shards(tmp_path, [37, 50, 9])
+    counts = [37, 50, 9]
+    fast = ShardBatches(urls, counts, "train_shards", "x.npy", 16, 8, 0, 0, 1, 0, False)
+    streamed = ShardBatches(urls, counts, "train_shards", "x.npy", 16, 8, 0, 0, 1, 0, False, buffer_bytes=0)
+    assert all(fast._fast(u) for u in urls) and not any(streamed._fast(u) for u in urls)
+    np.testing.assert_array_equal(_batches(fast), _batches(streamed))
+    # shuffled: another order inside the shards, the same samples
+    a = _batches(ShardBatches(urls, counts, "t", "x.npy", 16, 8, 0, 0, 1, 3, True))
+    b = _batches(ShardBatches(urls, counts, "t", "x.npy", 16, 8, 0, 0, 1, 3, True, buffer_bytes=0, shuffle_buffer=20))
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    np.testing.assert_array_equal(np.sort(a, axis=0), np.sort(b, axis=0))
+
+
+def test_reader_padding_repeats_real_samples_from_other_shards(tmp_path):
+    bad, good = make_shards(tmp_path, [16, 16])
+    with open(bad, "r+b") as f:  # corrupt after counting: found when read
+        f.write(b"\xff" * 2048)
+    real = _batches(ShardBatches([good], [16], "t", "x.npy", 16, 8, 0, 0, 1, 0, False))
+    # rank 0 of 2 gets only the broken shard: its two batches must be real samples of the split
+    ds = ShardBatches([bad, good], [16, 16], "train_shards", "x.npy", 16, 8, 0, 0, 2, 0, False)
+    got = _batches(ds)
+    assert got.shape == (16, 16) and ds.errors.value == 1
+    assert np.abs(got).sum(axis=1).min() > 0, "a padded row of zeros"
+    assert {r.tobytes() for r in got} <= {r.tobytes() for r in real}
+
+
+def test_reader_nothing_readable_stops(tmp_path):
+    (bad,) = make_shards(tmp_path, [16])
+    with open(bad, "r+b") as f:
+        f.write(b"\xff" * 2048)
+    ds = ShardBatches([bad], [16], "train_shards", "x.npy", 16, 8, 0, 0, 1, 0, False)
+    with pytest.raises(NoReadableSamples, match="no sample of any shard can be read .* instead of training on made-up"):
+        _batches(ds)
