@@ -83,3 +83,14 @@ def test_urls_open_s3_and_its_errors(s3_env, tmp_path):
         read_small("s3://ae-urls/a/missing.bin")
     with pytest.raises(OSError, match=r"S3 NoSuchBucket"):
         read_small("s3://ae-no-such-bucket/x.tar")
+
+
+def test_urls_bad_specs_are_one_data_error(tmp_path):
+    for spec, words in ((f"{tmp_path}/t-{{0..1.tar", "unbalanced braces"), ("s3://b/t-}.tar", "unbalanced braces"),
+                        ("/" + "a" * 5000 + ".tar", "cannot use the shard spec")):
+        with pytest.raises(DataError, match=words):
+            list_shards(spec, "data.train_shards")
+    lst = tmp_path / "list.txt"
+    lst.write_text("good-{0..1}.tar\nbad-{0..1.tar\n")
+    with pytest.raises(DataError, match=r"data.train_shards \(.*list.txt\): unbalanced braces in 'bad-\{0..1.tar'"):
+        list_shards(str(lst), "data.train_shards")

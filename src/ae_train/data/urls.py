@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from braceexpand import braceexpand
+from braceexpand import UnbalancedBracesError, braceexpand
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 INDEX_NAME = "ae_index.json"
@@ -64,6 +64,14 @@ def _looks_like_tar_or_gzip(path: str) -> bool:
     return head[:2] == b"\x1f\x8b" or head[257:262] == b"ustar"
 
 
+def _expand(spec: str, key: str) -> list[str]:
+    try:
+        return list(braceexpand(spec))
+    except UnbalancedBracesError:
+        raise DataError(f"{key}: unbalanced braces in '{spec}' (a pattern is like train-{{000000..000099}}.tar)") \
+            from None
+
+
 def _expand_local(spec: str, key: str) -> list[str]:
     p = Path(spec)
     if p.is_dir():
@@ -79,7 +87,7 @@ def _expand_local(spec: str, key: str) -> list[str]:
         if not urls:
             raise DataError(f"{key}: no shards match the glob '{spec}'")
         return urls
-    return list(braceexpand(spec))
+    return _expand(spec, key)
 
 
 def _read_list(p: Path, key: str) -> list[str]:
@@ -94,7 +102,7 @@ def _read_list(p: Path, key: str) -> list[str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        for u in braceexpand(line):
+        for u in _expand(line, f"{key} ({p})"):
             urls.append(u if is_url(u) or os.path.isabs(u) else str(p.parent / u))
     if not urls:
         raise DataError(f"{key}: shard list {p} is empty")
@@ -103,9 +111,18 @@ def _read_list(p: Path, key: str) -> list[str]:
 
 def list_shards(spec: str, key: str) -> list[str]:
     """The shard URLs a spec names, in order. Local shards must exist; remote ones are opened later."""
-    spec = spec.strip()
+    try:
+        return _list_shards(spec.strip(), key)
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:  # a NUL byte, a name too long, an unreadable list file
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise DataError(f"{key}: cannot use the shard spec {spec.strip()!r}: {why}") from None
+
+
+def _list_shards(spec: str, key: str) -> list[str]:
     if is_url(spec) and local_path(spec) is None:
-        return list(braceexpand(spec))
+        return _expand(spec, key)
     urls = _expand_local(local_path(spec) or spec, key)
     # Anything that exists and is no directory: a FIFO or device a mount presents is the user's call.
     missing = [u for u in urls if local_path(u) is not None
