@@ -21,6 +21,9 @@ commands:
                                           say which rank is stuck where, from the logs
   collect LOGS_DIR [--run TS] [-o FILE]   bundle logs, config and system state for a bug report
   bench-data --config FILE [--key=value]  can the data path feed the GPUs? samples/s and MB/s of it
+  encode --ckpt CKPT --shards SPEC --out DIR   latents of every sample, as WebDataset shards
+  evaluate --ckpt CKPT --shards SPEC      reconstruction error (mean and per shard), as JSON
+  export --ckpt CKPT --out DIR            encoder and decoder as torch.export programs
   config [--config FILE] [--key=value]    print the resolved config; --help lists every key
 """
 
@@ -163,12 +166,13 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = {"fit": cmd_fit, "make-shards": cmd_make_shards, "index": cmd_index, "config": cmd_config}
     try:
-        if command in ("diagnose", "collect", "bench-data"):
+        if command in ("diagnose", "collect", "bench-data", "encode", "evaluate", "export"):
             import importlib
             module = {"bench-data": "benchdata"}.get(command, command)
             return importlib.import_module(f".{module}", __package__).main(rest)
         if command not in commands:
-            raise ConfigError(f"unknown command '{command}' (commands: fit, make-shards, index, diagnose, collect, bench-data, config)")
+            raise ConfigError(f"unknown command '{command}' (commands: fit, make-shards, index, diagnose, collect, "
+                              "bench-data, encode, evaluate, export, config)")
         return commands[command](rest)
     except (ConfigError, DataError) as e:
         from .logs import logging_installed, print_error

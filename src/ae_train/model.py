@@ -61,7 +61,10 @@ def _conv(shape: tuple[int, int, int], channels: list[int], latent_dim: int, act
 class AutoEncoder(pl.LightningModule):
     def __init__(self, input_dim: int, latent_dim: int, hidden_dims: list[int], activation: str = "gelu",
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, total_steps: int = 1000,
-                 arch: str = "mlp", input_shape: list[int] | None = None, conv_channels: list[int] | None = None):
+                 arch: str = "mlp", input_shape: list[int] | None = None, conv_channels: list[int] | None = None,
+                 sample_key: str = "x.npy", decoder: str = "npy"):
+        # sample_key and decoder are not used here: saved with the weights, they tell `encode`,
+        # `evaluate` and `export` what one input is (the member, and uint8 images vs float arrays).
         super().__init__()
         self.save_hyperparameters()
         self.input_shape = tuple(input_shape or (input_dim,))
@@ -96,6 +99,9 @@ class AutoEncoder(pl.LightningModule):
         loss = nn.functional.mse_loss(self(x), x)
         self.log("val_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(batch))
         return loss
+
+    def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.encoder(self.inputs(batch))  # (B, *shape) -> (B, latent_dim)
 
     def configure_optimizers(self):
         hp = self.hparams

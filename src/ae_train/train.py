@@ -135,7 +135,8 @@ def _model(cfg: Config, facts: DataFacts, total_steps: int) -> AutoEncoder:
         log.info("model.arch=mlp on %s images: each is flattened to %d values (pixels scaled to [0, 1])",
                  "x".join(map(str, spec.shape)), spec.size)
     return AutoEncoder(m.input_dim, m.latent_dim, m.hidden_dims, m.activation, m.lr, m.weight_decay, m.warmup_steps,
-                       total_steps=total_steps, arch=m.arch, input_shape=m.input_shape, conv_channels=m.conv_channels)
+                       total_steps=total_steps, arch=m.arch, input_shape=m.input_shape, conv_channels=m.conv_channels,
+                       sample_key=cfg.data.sample_key, decoder=spec.decoder)
 
 
 def _announce(cfg: Config, paths: dict, ts: str, rank: int, world: int, local_rank: int, node_rank: int,

@@ -1,0 +1,164 @@
+"""`ae-train encode`: latents of every sample of some shards, written as WebDataset shards.
+
+    ae-train encode --ckpt CKPT --shards SPEC --out DIR [--devices N] [--batch-size B]
+
+Like `fit`, a launcher checks everything first (one `ae-train: error:` line on bad input), then
+starts one rank per device (every GPU; 2 CPU ranks without one) with the same logs under
+`DIR/logs/` (`train_<ts>.log`, `debug_rank<N>_<ts>.log`, the same shard lines). Rank r encodes
+shards r, r + N, ...: each output shard has the input shard's name and, per sample, `<key>.latent.npy`
+(float32 of latent_dim) plus the sample's other members (`.cls`, ...) as they were; nothing is
+dropped or repeated. The launcher writes `DIR/ae_index.json` for the output once the ranks are done.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from .config import ConfigError
+
+log = logging.getLogger(__name__)
+SPLIT = "encode_shards"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ae-train encode", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--shards", required=True, help="shard spec (any form data.train_shards takes)")
+    p.add_argument("--out", required=True, help="directory for the latent shards (new shard names only)")
+    p.add_argument("--devices", type=int, default=0, help="ranks: 0 = every GPU, or 2 CPU ranks without one")
+    p.add_argument("--batch-size", type=int, default=256)
+    try:
+        a = p.parse_args(argv)
+    except SystemExit as e:
+        if e.code:
+            raise ConfigError("usage: ae-train encode --ckpt CKPT --shards SPEC --out DIR [--devices N] "
+                              "[--batch-size B]") from None
+        raise
+    if a.batch_size < 1 or a.devices < 0:
+        raise ConfigError("--batch-size must be >= 1 and --devices >= 0")
+    return a
+
+
+def _outputs(urls: list[str], out: Path) -> list[Path]:
+    from .data.urls import shard_name
+
+    return [out / shard_name(u) for u in urls]
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _encode_shard(model, url: str, dest: Path, key: str, spec, batch_size: int) -> int:
+    """Write dest (atomically: a temporary name, then rename); returns the samples encoded."""
+    import numpy as np
+
+    from .inference import encode_batch, shard_batches
+
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    n = 0
+    raw = open(tmp, "wb")
+    sink = gzip.GzipFile(fileobj=raw, mode="wb") if dest.name.endswith((".gz", ".tgz")) else raw
+    try:
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for keys, others, batch in shard_batches(url, key, spec, batch_size):
+                for k, parts, z in zip(keys, others, encode_batch(model, batch)):
+                    buf = io.BytesIO()
+                    np.save(buf, z.astype(np.float32))
+                    _add(tar, f"{k}.latent.npy", buf.getvalue())
+                    for ext, data in parts.items():
+                        _add(tar, f"{k}.{ext}", data)
+                n += len(keys)
+        if sink is not raw:
+            sink.close()
+        raw.close()
+        os.replace(tmp, dest)
+    finally:
+        raw.close()
+        tmp.unlink(missing_ok=True)
+    return n
+
+
+def _rank(a: argparse.Namespace) -> int:
+    import torch
+
+    from . import logs
+    from .data.shards import list_shards, reason
+    from .data.tario import ShardError
+    from .inference import load_model, spec_of_model
+
+    rank, world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    out = Path(a.out)
+    logs.setup_rank_logging(out / "logs", os.environ[logs.RUN_TS_ENV], rank, world, debug=True)
+    device = f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
+    model = load_model(a.ckpt, device)
+    spec, key = spec_of_model(model), model.hparams.get("sample_key", "x.npy")
+    urls = list_shards(a.shards, "--shards")
+    mine = list(range(rank, len(urls), world))
+    log.info("Processing %d/%d files from %s (%s, device %s)", len(mine), len(urls), SPLIT, a.ckpt, device)
+    t0, total, errors = time.perf_counter(), 0, 0
+    for i, dest in ((i, _outputs(urls, out)[i]) for i in mine):
+        log.debug("Opening shard %s", urls[i])
+        t = time.perf_counter()
+        try:
+            n = _encode_shard(model, urls[i], dest, key, spec, a.batch_size)
+        except (OSError, ShardError) as e:
+            errors += 1
+            log.error("Error reading shard %s: %s; skipped", urls[i], reason(e))
+            continue
+        total += n
+        log.debug("Finished shard %s: %d samples in %.3fs", urls[i], n, time.perf_counter() - t)
+    log.info("COMPLETED iteration, total samples: %d (shards %d, errors %d, %.1fs, %s)", total, len(mine), errors,
+             time.perf_counter() - t0, SPLIT)
+    return 1 if errors else 0
+
+
+def _launch(a: argparse.Namespace, argv: list[str]) -> int:
+    from . import launcher, logs
+    from .data.shards import count_shard, list_shards, write_index
+
+    urls = list_shards(a.shards, "--shards")
+    out = Path(a.out)
+    taken = [p for p in _outputs(urls, out) if p.exists()]
+    if taken:
+        raise ConfigError(f"--out: {taken[0]} exists; encode never replaces a shard")
+    if len(set(_outputs(urls, out))) < len(urls):
+        raise ConfigError("--shards: two input shards have the same file name; encode them into separate --out dirs")
+    from .inference import load_model
+
+    load_model(a.ckpt)  # a checkpoint that does not load: one line here, not in every rank
+    import torch
+
+    devices = a.devices or (torch.cuda.device_count() or 2)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    ts = logs.new_run_timestamp(out / "logs")
+    train_log = logs.setup_launcher_logging(out / "logs", ts)
+    log.info("Encoding %d shard(s) with %s on %d rank(s), run %s", len(urls), a.ckpt, devices, ts, extra=logs.CONSOLE)
+    log.info("Monitor logs with: tail -f %s", train_log, extra=logs.CONSOLE)
+    env = dict(os.environ, **{logs.RUN_TS_ENV: ts, "WORLD_SIZE": str(devices)})
+    cmd = [sys.executable, "-m", "ae_train", "encode", *argv]
+    procs = {r: subprocess.Popen(cmd, env=dict(env, LOCAL_RANK=str(r)), preexec_fn=launcher._rank_preexec)
+             for r in range(devices)}
+    code = launcher._watch(procs, out / "logs" / f".encode_{ts}.json")
+    written = [p for p in _outputs(urls, out) if p.exists()]
+    if written:
+        write_index({str(p): count_shard(str(p)) for p in written})
+    log.info("Encoded %d of %d shard(s) into %s", len(written), len(urls), out, extra=logs.CONSOLE)
+    return code
+
+
+def main(argv: list[str]) -> int:
+    a = _parse(argv)
+    if "LOCAL_RANK" in os.environ:
+        return _rank(a)
+    return _launch(a, argv)

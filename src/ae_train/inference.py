@@ -1,0 +1,74 @@
+"""A trained model over shards: every sample exactly once, in shard order, with its key and members.
+
+Shared by `ae-train encode` and `ae-train evaluate`. Unlike training (which equalizes batches across
+ranks by dropping and padding), nothing is dropped or repeated here: a shard's samples are read with
+the streaming walk, the input member decoded as in training, in batches of up to `batch_size`.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ConfigError
+from .data.decode import SampleSpec, decode_into
+from .data.stream import open_samples
+from .model import AutoEncoder
+
+log = logging.getLogger(__name__)
+
+
+def load_model(ckpt: str, device: str = "cpu") -> AutoEncoder:
+    """The LightningModule of a checkpoint (`AutoEncoder.load_from_checkpoint`), in eval mode."""
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"--ckpt: checkpoint not found: {ckpt}")
+    try:
+        model = AutoEncoder.load_from_checkpoint(ckpt, map_location=device, weights_only=False)
+    except Exception as e:  # a truncated file, another model's checkpoint: one line, not a traceback
+        raise ConfigError(f"--ckpt: cannot load {ckpt}: {type(e).__name__}: {e}") from None
+    return model.eval()
+
+
+def spec_of_model(model: AutoEncoder) -> SampleSpec:
+    """What the model was trained on (saved in its hyperparameters), as the reader's SampleSpec."""
+    hp = model.hparams
+    decoder = hp.get("decoder", "npy")
+    return SampleSpec(tuple(model.input_shape), "uint8" if decoder == "image" else "float32", decoder)
+
+
+def shard_batches(url: str, sample_key: str, spec: SampleSpec, batch_size: int):
+    """(keys, other members [{ext: bytes}], inputs (n, *shape)) per batch of one shard, all samples
+    holding `sample_key` once, in order."""
+    stream, samples = open_samples(url)
+    try:
+        keys, others, batch = [], [], np.empty((batch_size, *spec.shape), spec.dtype)
+        for key, parts in samples:
+            data = parts.pop(sample_key, None)
+            if data is None:
+                continue
+            decode_into(spec, data, batch[len(keys)])
+            keys.append(key)
+            others.append(parts)
+            if len(keys) == batch_size:
+                yield keys, others, batch
+                keys, others, batch = [], [], np.empty_like(batch)
+        if keys:
+            yield keys, others, batch[:len(keys)]
+    finally:
+        stream.close()
+
+
+@torch.no_grad()
+def encode_batch(model: AutoEncoder, batch: np.ndarray) -> np.ndarray:
+    x = model.inputs(torch.from_numpy(batch).to(model.device))
+    return model.encoder(x).float().cpu().numpy()  # (n, latent_dim)
+
+
+@torch.no_grad()
+def squared_errors(model: AutoEncoder, batch: np.ndarray) -> np.ndarray:
+    """Per-sample mean squared reconstruction error, (n,) float64."""
+    x = model.inputs(torch.from_numpy(batch).to(model.device))
+    err = (model(x).float() - x.float()) ** 2
+    return err.reshape(len(x), -1).mean(dim=1).double().cpu().numpy()
