@@ -49,8 +49,12 @@ def cmd_fit(args: list[str]) -> int:
 
 def cmd_config(args: list[str]) -> int:
     if "--help" in args or "-h" in args:
+        from .lightning_args import describe
+
         for key, doc, default in field_docs():
-            print(f"--{key}={default!r}\n    {doc}")
+            if key != "trainer.extra":
+                print(f"--{key}={default!r}\n    {doc}")
+        print(describe())
         return 0
     path, overrides = split_config_arg(args)
     print(to_yaml(load_config(path, overrides)), end="")

@@ -89,8 +89,17 @@ class TrainerConfig:
     """Clip the gradient norm to this; 0 disables clipping."""
     ddp_timeout_s: int = 1800
     """Seconds a collective may wait for a lagging rank before the process group gives up."""
-    callbacks: list[str] = field(default_factory=list)
-    """Extra Lightning callbacks as dotted paths (`pkg.module.Class`), built with no arguments."""
+    callbacks: list[Any] = field(default_factory=list)
+    """Extra Lightning callbacks: dotted paths (`pkg.module.Class`) or `{class_path: pkg.Class,
+    init_args: {...}}`, built by the launcher before any rank starts; they run before ae_train's own."""
+    logger: list[Any] = field(default_factory=list)
+    """Extra Lightning loggers, in the same forms (`pytorch_lightning.loggers.TensorBoardLogger`, ...;
+    `save_dir` defaults to output_dir); the CSV logger (metrics/<ts>/metrics.csv) is always on."""
+    enable_progress_bar: bool = False
+    """A progress bar on rank 0's console when it is a terminal (never in the log files)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Any other argument of Lightning's Trainer, written `trainer.<name>` (e.g. `trainer.max_steps`,
+    `trainer.accumulate_grad_batches`); checked against the installed Lightning's Trainer."""
 
 
 @dataclass
@@ -119,17 +128,31 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
+def _yaml_value(text: str, where: str, key: str) -> Any:
+    """A flag's text as YAML reads it (`4` an int, `null` None, `[a, b]` a list)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"{key}: {text!r} is not a valid YAML value ({where})") from None
+
+
 def _convert(value: Any, typ: Any, where: str, key: str) -> Any:
     """Check (file values) or parse (flag strings) one value against its annotated type."""
     from_flag = isinstance(value, str) and where.startswith("flag")
     origin = typing.get_origin(typ)
+    if typ is Any:
+        return _yaml_value(value, where, key) if from_flag else value
     if origin is list:
         (item,) = typing.get_args(typ)
-        if from_flag:
+        if from_flag and value.strip()[:1] in ("[", "{"):  # a YAML list, or one {class_path: ...} entry
+            value = _yaml_value(value, where, key)
+            value = [value] if isinstance(value, dict) else value
+            from_flag = False
+        elif from_flag:
             value = [v for v in value.split(",") if v.strip()] if value.strip() else []
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r} ({where})")
-        return [_convert(v, item, where, key) for v in value]
+        return [_convert(v, item, where if from_flag else where.replace("flag", "value of flag"), key) for v in value]
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -172,6 +195,12 @@ def _set(cfg: Config, dotted: str, value: Any, where: str) -> None:
     obj, parts = cfg, dotted.split(".")
     for i, part in enumerate(parts):
         fields = _fields(obj)
+        if isinstance(obj, TrainerConfig) and i == len(parts) - 1 and (part not in fields or part == "extra"):
+            from .lightning_args import check_trainer_key  # every other Trainer argument passes through
+
+            check_trainer_key(part, where)
+            obj.extra[part] = _convert(value, Any, where, dotted)
+            return
         if part not in fields:
             prefix = ".".join(parts[:i])
             known = ", ".join(sorted((prefix + "." if prefix else "") + k for k in fields))
@@ -213,6 +242,26 @@ def split_config_arg(args: list[str]) -> tuple[str | None, list[str]]:
     return path, rest
 
 
+def _pairs(args: list[str]) -> list[tuple[str, str]]:
+    """(key, value) of `--key=value` and `--key value` flags, in order."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"bad argument '{arg}': overrides are --key=value or --key value "
+                              "(e.g. --data.batch_size=128)")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            key, value = arg[2:], args[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"{arg} needs a value: {arg}=VALUE or {arg} VALUE")
+        out.append((key, value))
+    return out
+
+
 def load_config(path: str | None, overrides: list[str]) -> Config:
     """Defaults, then the YAML file at `path`, then `--key=value` overrides."""
     cfg = Config()
@@ -230,10 +279,7 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
             raise ConfigError(f"config file {path} must hold a mapping of keys")
         for key, value in _flatten(tree):
             _set(cfg, key, value, f"file {path}")
-    for arg in overrides:
-        if not arg.startswith("--") or "=" not in arg:
-            raise ConfigError(f"bad argument '{arg}': overrides are --key=value (e.g. --data.batch_size=128)")
-        key, value = arg[2:].split("=", 1)
+    for key, value in _pairs(overrides):
         _set(cfg, key, value, f"flag --{key}")
     validate(cfg)
     return cfg
@@ -290,7 +336,10 @@ def resume_path(cfg: Config) -> str | None:
 
 
 def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as YAML writes it: Lightning arguments in `trainer.extra` appear as trainer keys."""
+    tree = dataclasses.asdict(cfg)
+    tree["trainer"].update(tree["trainer"].pop("extra"))
+    return tree
 
 
 def to_yaml(cfg: Config) -> str:

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import logs
+from . import lightning_args, logs
 from .config import Config, ConfigError, resume_path, to_yaml
 from .data import splits
 from .data.shards import COUNTS_ENV, DataError, list_shards
@@ -128,6 +128,9 @@ def launch(cfg: Config, argv: list[str]) -> int:
     try:
         with LauncherWatchdog(cfg.log.hang_timeout_s):
             facts = _resolve_data(cfg, listed)
+            # A callback or logger that cannot be built (a bad argument): one line here, not in every rank.
+            lightning_args.build(cfg.trainer.callbacks, "trainer.callbacks")
+            lightning_args.build(cfg.trainer.logger, "trainer.logger", {"save_dir": cfg.output_dir})
             resolve_devices(cfg)
     except (ConfigError, DataError) as e:
         log.error("%s", e, extra=logs.FILE_ONLY)

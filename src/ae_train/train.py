@@ -18,10 +18,11 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from . import logs
+from . import lightning_args, logs
 from .callbacks.checkpoint import LoggedModelCheckpoint
 from .callbacks.debug import DebugCallback
 from .callbacks.preemption import PreemptionCallback
+from .callbacks.progress import ConsoleProgressBar, console_is_terminal
 from .callbacks.shard_errors import ShardErrorLimit, TooManyShardErrors
 from .callbacks.summary import EpochSummary
 from .callbacks.watchdog import HangWatchdog
@@ -88,25 +89,25 @@ def agree_on_run_timestamp(cfg: Config, env, rank: int, world: int, local_rank: 
     return box[0]
 
 
-def _user_callbacks(paths: list[str]) -> list[pl.Callback]:
-    out = []
-    for dotted in paths:
-        module, _, name = dotted.rpartition(".")
-        try:
-            out.append(getattr(importlib.import_module(module), name)())
-        except (ImportError, AttributeError, ValueError) as e:
-            raise ConfigError(f"trainer.callbacks: cannot load '{dotted}': {e}") from None
-    return out
-
-
-def _metric_loggers(output_dir: str, ts: str) -> list:
-    """CSV always (metrics/<ts>/metrics.csv); TensorBoard too when it is installed."""
-    loggers = [CSVLogger(output_dir, name="metrics", version=ts)]
+def _metric_loggers(cfg: Config, ts: str) -> list:
+    """CSV always (metrics/<ts>/metrics.csv); the user's loggers (trainer.logger), or TensorBoard
+    when it is installed and the user named none."""
+    loggers = [CSVLogger(cfg.output_dir, name="metrics", version=ts)]
+    if cfg.trainer.logger:
+        return loggers + lightning_args.build(cfg.trainer.logger, "trainer.logger", {"save_dir": cfg.output_dir})
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         from pytorch_lightning.loggers import TensorBoardLogger
-        loggers.append(TensorBoardLogger(output_dir, name="tensorboard", version=ts))
+        loggers.append(TensorBoardLogger(cfg.output_dir, name="tensorboard", version=ts))
     return loggers
 
+
+def _optimizer_steps(cfg: Config, batches_per_epoch: int) -> int:
+    """Optimizer steps of the whole run (the LR schedule's length): accumulation and max_steps count."""
+    steps = batches_per_epoch * cfg.trainer.max_epochs
+    accumulate = cfg.trainer.extra.get("accumulate_grad_batches", 1)
+    steps //= accumulate if isinstance(accumulate, int) and accumulate > 0 else 1
+    max_steps = cfg.trainer.extra.get("max_steps", -1)
+    return min(steps, max_steps) if isinstance(max_steps, int) and max_steps > 0 else steps
 
 def _data_facts(cfg: Config, rank: int, world: int) -> DataFacts:
     """The launcher's data facts; under torchrun/srun rank 0 resolves them once and sends them to all."""
@@ -171,13 +172,13 @@ def main(cfg: Config) -> int:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     facts = _data_facts(cfg, rank, world)
     datamodule = ShardDataModule(cfg.data, facts, cfg.seed, rank)
-    model = _model(cfg, facts, total_steps=datamodule.steps_per_epoch(world) * cfg.trainer.max_epochs)
+    model = _model(cfg, facts, total_steps=_optimizer_steps(cfg, datamodule.steps_per_epoch(world)))
     has_val = bool(cfg.data.val_shards.strip())
     ckpt_dir = Path(cfg.output_dir) / "checkpoints"
     shard_errors = ShardErrorLimit(cfg.data.max_shard_errors)
     preemption = PreemptionCallback(ckpt_dir)
     callbacks = [
-        *_user_callbacks(cfg.trainer.callbacks),
+        *lightning_args.build(cfg.trainer.callbacks, "trainer.callbacks"),
         shard_errors,
         EpochSummary(shard_errors),
         preemption,
@@ -193,7 +194,10 @@ def main(cfg: Config) -> int:
     if world > 1:
         strategy = DDPStrategy(process_group_backend="nccl" if gpu else "gloo",
                                timeout=timedelta(seconds=cfg.trainer.ddp_timeout_s))
-    trainer = pl.Trainer(
+    progress_bar = cfg.trainer.enable_progress_bar and rank == 0 and console_is_terminal()
+    if progress_bar:
+        callbacks.append(ConsoleProgressBar())
+    trainer_args = dict(
         plugins=[env],
         accelerator="gpu" if gpu else "cpu",
         devices=int(cfg.trainer.devices),
@@ -202,15 +206,16 @@ def main(cfg: Config) -> int:
         max_epochs=cfg.trainer.max_epochs,
         precision=cfg.trainer.precision,
         gradient_clip_val=cfg.trainer.gradient_clip_val or None,
-        logger=_metric_loggers(cfg.output_dir, ts),
+        logger=_metric_loggers(cfg, ts),
         callbacks=callbacks,
         default_root_dir=cfg.output_dir,
-        enable_progress_bar=False,  # the console shows key lines only; progress is in the debug logs
+        enable_progress_bar=progress_bar,  # the console shows key lines; progress is in the debug logs
         use_distributed_sampler=False,  # the epoch plan already splits data by rank
         limit_val_batches=None if has_val else 0,
         num_sanity_val_steps=2 if has_val else 0,
         log_every_n_steps=1,  # metrics are per epoch; this only silences the too-few-batches warning
     )
+    trainer = pl.Trainer(**{**trainer_args, **cfg.trainer.extra})  # any other Trainer argument: the user's
     t0 = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg))
