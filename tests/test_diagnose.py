@@ -411,6 +411,35 @@ def test_diagnose_plot_writes_png(logs, tmp_path, capsys):
     out = tmp_path / "timeline.png"
     assert main([str(logs), "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from ae_train.diagnose_plot import draw
+    legend = [t.get_text() for t in draw(diagnose_run(logs, now=NOW)).axes[0].get_legend().get_texts()]
+    assert "silent (no progress)" in legend  # rank 0 went silent while rank 1 went on: a stalled run
+
+
+def test_diagnose_plot_finished_run_is_not_silent_and_time_labels_differ(logs):
+    pytest.importorskip("matplotlib")
+    from ae_train.diagnose_plot import draw
+    rls = finished_run(logs)
+    rls[0].line("INFO", "late line of rank 0", dt=300)  # rank 1 ended 5 minutes before the run did
+    fig = draw(diagnose_run(logs, now=NOW))
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert len(labels) >= 3 and len(set(labels)) == len(labels)
+    assert "silent (no progress)" not in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert fig.axes[1].get_title() == "time split" and len(fig.axes[1].patches) == 2  # old lines: data wait only
+
+
+def test_diagnose_plot_time_labels_as_fine_as_needed():
+    from datetime import timedelta
+
+    from ae_train.diagnose_plot import _time_labels
+    t0, t1 = datetime(2026, 11, 29, 23, 59, 58), datetime(2026, 11, 29, 10, 0, 0)
+    assert _time_labels([t1 + timedelta(minutes=i) for i in range(3)]) == ["10:00", "10:01", "10:02"]
+    assert _time_labels([t1 + timedelta(seconds=20 * i) for i in range(3)]) == ["10:00:00", "10:00:20", "10:00:40"]
+    assert _time_labels([t1 + timedelta(seconds=0.2 * i) for i in range(3)]) == ["10:00:00.000", "10:00:00.200",
+                                                                                   "10:00:00.400"]
+    assert _time_labels([t0, t0 + timedelta(minutes=10)]) == ["11-29 23:59", "11-30 00:09"]  # the date when it changes
+
 
 
 def test_diagnose_plot_without_matplotlib_says_pip_install(logs, capsys, monkeypatch):
