@@ -147,12 +147,12 @@ class _Rank:
         self.dumps, self.dump, self.dump_n, self.t_rare = deque(maxlen=4), None, 0, None
         self.steps = deque(maxlen=STEPS_KEPT)  # the latest progress lines
         # Shards read (Opening to Finished, from the time stamps: it includes the open and read, whatever
-        # the reader's own figure covers): count, seconds, and a min-heap of the slowest (s, line no, line).
-        self.shard_n, self.shard_s, self.slow_shards = 0, 0.0, []
+        # the reader's own figure covers): how many, and a min-heap of the slowest (s, line no, line).
+        self.shard_n, self.slow_shards = 0, []
 
     def scan(self) -> "_Rank":
         pending, rare, last, last_step, prev_step, step_n, last_val, n = self.pending, self._rare, None, None, None, 0, None, 0
-        steps, slow, shard_n, shard_s, slow_min = self.steps, self.slow_shards, 0, 0.0, -1.0
+        steps, slow, shard_n, slow_min = self.steps, self.slow_shards, 0, -1.0
         with open(self.path, "rb", buffering=1 << 20) as f:
             for n, line in enumerate(f, 1):
                 k = line.find(b"] [", 24, 40)  # end of `[LEVEL]`; -1: continuation or torn line
@@ -168,12 +168,15 @@ class _Rank:
                     opened = pending.pop(line[k + 3:m], None)
                     last = line
                     if opened is not None:
-                        try:
-                            d = _sod(line) - _sod(opened)
+                        shard_n += 1
+                        try:  # same minute (nearly always): one int() per line, `SS` + `mmm` as milliseconds
+                            if line[:16] == opened[:16]:
+                                d = (int(line[17:19] + line[20:23]) - int(opened[17:19] + opened[20:23])) / 1000
+                            else:
+                                d = _sod(line) - _sod(opened)
+                                d += 86400 if d < 0 else 0  # across midnight
                         except ValueError:
                             continue
-                        d += 86400 if d < 0 else 0  # across midnight
-                        shard_n, shard_s = shard_n + 1, shard_s + d
                         if d > slow_min:
                             (heapq.heappush if len(slow) < SLOW_KEPT else heapq.heapreplace)(slow, (d, n, line))
                             slow_min = slow[0][0] if len(slow) == SLOW_KEPT else -1.0
@@ -185,7 +188,7 @@ class _Rank:
                 elif rare(line, k, m, m + 2, n):
                     last = line
         self.lines, self.last, self.last_step, self.prev_step, self.step_n, self.last_val = n, last, last_step, prev_step, step_n, last_val
-        self.shard_n, self.shard_s = shard_n, shard_s
+        self.shard_n = shard_n
         return self
 
     def _raw(self, line: bytes, n: int) -> None:

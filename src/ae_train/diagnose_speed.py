@@ -7,10 +7,10 @@ with the most time outside backward, and the part where its excess lies says why
 input is slow), forward/optimizer/other (its compute is slow: host, GPU, noisy neighbour). Every rank
 waiting for data a large share of the time means the input path itself is the bottleneck.
 The shares are the time-weighted mean of the latest progress lines of each rank (each line covers
-log.train_every batches, so its time is 1 / its samples/s; the first line of an epoch, which holds
-its start-up, is left out); with no progress lines (debug off) the train log's last epoch summary
-(slowest and fastest rank) is used. The slowest shards are the Opening-to-Finished times of the
-debug logs.
+log.train_every batches, so its time is 1 / its samples/s). The first line of an epoch holds its
+start-up and is left out: a rank with no other line has no split yet. With no split from progress
+lines (debug off) the train log's last epoch summary (slowest and fastest rank) is used. The slowest
+shards are the Opening-to-Finished times of the debug logs.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def rank_split(r: _Rank) -> dict | None:
         if sp:
             sp["w"] = 1 / float(rate.group(1)) if rate and float(rate.group(1)) > 0 else 1.0
             found.append((st.group(1) == b"0", sp))
-    steady = [sp for first, sp in found if not first] or [sp for _, sp in found]
+    steady = [sp for first, sp in found if not first]  # a run's start-up alone says nothing about stragglers
     if not steady:
         return None
     out, total = {}, sum(sp["w"] for sp in steady)
@@ -64,7 +64,7 @@ def rank_shards(r: _Rank) -> dict:
     for d, _, line in sorted(r.slow_shards, reverse=True):
         p = line.find(b"Finished shard ") + 15
         slow.append({"url": _s(line[p:line.rfind(b": ")]), "seconds": round(d, 3)})
-    return {"count": r.shard_n, "mean_s": round(r.shard_s / r.shard_n, 3) if r.shard_n else None, "slowest": slow}
+    return {"count": r.shard_n, "slowest": slow}
 
 
 def _from_summary(train: dict | None, rows: dict) -> dict:
