@@ -4,7 +4,8 @@ The delays are per rank, from environment variables (callbacks are built with no
 `AE_TEST_FORWARD_S=0.01,0.04` sleeps that long inside every forward of rank 0, rank 1 (a forward
 pre-hook on the module: the time lands in the model's own forward); `AE_TEST_OPEN_S=0,0.3` delays
 every open of a `.tar` shard by a DataLoader worker of that rank (slow storage: the time lands in the
-worker's read, and the rank's main process waits for the batches).
+worker's read, and the rank's main process waits for the batches); `AE_TEST_BATCH_END_S=0.03,0` sleeps
+in every on_train_batch_end of that rank (after the optimizer step: slow callbacks or logging).
 """
 from __future__ import annotations
 
@@ -46,3 +47,10 @@ class SlowShardOpen(Callback):
 
         builtins.open = slow(builtins.open)
         os.open = slow(os.open)
+
+
+class SlowBatchEnd(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        delay = _delay("AE_TEST_BATCH_END_S", trainer.global_rank)
+        if delay > 0:
+            time.sleep(delay)

@@ -1,9 +1,10 @@
 """Straggler diagnosis (diagnose_speed.py): the rules on logs written line for line as docs/LOG_FORMAT.md
 specifies, then real 2-rank DDP runs where one rank is made slow for real (tests/slow_helpers.py).
 
-Three runs of one epoch over the same 16 small shards, each step with 10 ms of forward on every rank:
+Four runs of one epoch over the same 16 small shards, each step with 10 ms of forward on every rank:
 balanced; rank 1's shard opens take 0.6 s (slow storage: its input is the straggler); rank 1's forward
-takes 40 ms (a compute straggler). Each run's progress lines, epoch summary and diagnose report are
+takes 40 ms (a compute straggler); rank 0 spends 30 ms in a callback after each optimizer step (a
+straggler the others wait for at the start of the next step, in Lightning's per-step broadcast). Each run's progress lines, epoch summary and diagnose report are
 checked. Thresholds are wide (a straggler here shows 60+ points apart): timing noise must not decide.
 """
 from __future__ import annotations
@@ -18,7 +19,9 @@ from test_diagnose import NOW, T0, RankLog, finding, logs, train_log  # noqa: F4
 from ae_train.diagnose import diagnose_run, format_report, main
 
 SPLIT = re.compile(r"data wait ([\d.]+)%, forward ([\d.]+)%, backward ([\d.]+)%, optimizer ([\d.]+)%, other ([\d.]+)%")
-RUNS = {"balanced": ("0.01,0.01", "0"), "slow_input": ("0.01,0.01", "0,0.6"), "slow_compute": ("0.01,0.04", "0")}
+# name: (forward seconds per rank, shard open delay per rank, batch-end delay per rank)
+RUNS = {"balanced": ("0.01,0.01", "0", "0"), "slow_input": ("0.01,0.01", "0,0.6", "0"),
+        "slow_compute": ("0.01,0.04", "0", "0"), "slow_batch_end": ("0.01,0.01", "0", "0.03,0")}
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +34,12 @@ def shards(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(shards, tmp_path_factory):
     out = {}
-    for name, (forward, opens) in RUNS.items():
+    for name, (forward, opens, batch_end) in RUNS.items():
         run = fit(tmp_path_factory.mktemp(name) / "out", f"--data.train_shards={shards}", "--data.val_shards=",
                   f"--data.batch_size={BS}", "--data.num_workers=2", "--trainer.max_epochs=1", "--debug=true",
-                  "--log.train_every=4", "--trainer.callbacks=slow_helpers.SlowForward,slow_helpers.SlowShardOpen",
-                  env={"AE_TEST_FORWARD_S": forward, "AE_TEST_OPEN_S": opens}, timeout=150)
+                  "--log.train_every=4", "--trainer.callbacks=slow_helpers.SlowForward,slow_helpers.SlowShardOpen,slow_helpers.SlowBatchEnd",
+                  env={"AE_TEST_FORWARD_S": forward, "AE_TEST_OPEN_S": opens, "AE_TEST_BATCH_END_S": batch_end},
+                  timeout=150)
         assert run.proc.returncode == 0, run.console + run.text("*.log")
         out[name] = run
     return out
@@ -69,7 +73,7 @@ def test_diagnose_speed_input_straggler_names_rank_and_its_slowest_shards(logs):
     f = rep["findings"][0]
     assert f["kind"] == "input_straggler" and f["ranks"] == [1] and f["severity"] == "warning"
     assert f["message"].startswith("Rank 1 waits for data 71% of the time (others 2-3%): its input is the straggler")
-    assert "backward 59-60% vs its 5%" in f["message"]
+    assert "the others wait for it in backward, where ranks sync (59-60% vs its 5%)" in f["message"]
     assert "slowest shards (Opening to Finished): /data/train-0101005.tar 9.00s, /data/train-0100005.tar 9.00s" in f["message"]
     assert rep["speed"] == {"verdict": "input_straggler", "ranks": [1], "source": "progress lines"}
     row = rep["ranks"][1]
@@ -85,7 +89,7 @@ def test_diagnose_speed_compute_straggler_names_part_ratio_and_host(logs):
     assert f["kind"] == "compute_straggler" and f["ranks"] == [2]
     assert f["message"].startswith("Rank 2's forward takes 2.3x the others (46% of the time vs 20-21%): compute "
                                    "straggler (host node1, device cpu)")
-    assert "the others wait for it in gradient sync (backward 69-70% vs its 45%)" in f["message"]
+    assert "the others wait for it in backward, where ranks sync (69-70% vs its 45%)" in f["message"]
     assert "input_straggler" not in kinds(rep)
 
 
@@ -209,3 +213,14 @@ def test_diagnose_speed_slow_forward_rank_is_a_compute_straggler(runs, tmp_path,
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "silent (no progress)" not in legend  # a finished run ends where it ended
     assert fig.axes[1].get_title() == "time split" and len(fig.axes[1].patches) == 2 * 5  # a bar per rank
+
+
+def test_diagnose_speed_slow_after_the_step_is_waited_for_in_backward_not_data(runs):
+    rep = diagnose_run(runs["slow_batch_end"].logs)
+    f = rep["findings"][0]
+    assert f["kind"] == "compute_straggler" and f["ranks"] == [0], rep["findings"]
+    assert f["message"].startswith("Rank 0's time outside forward, backward and optimizer")
+    # Rank 1 waits for rank 0 at the next step's start (before fetching its batch): that is not data wait.
+    split0, split1 = rep["ranks"][0]["time_split"], rep["ranks"][1]["time_split"]
+    assert split1["backward"] > split0["backward"] + 30 and split1["data_wait"] < 30
+    assert "input_straggler" not in [x["kind"] for x in rep["findings"]]

@@ -14,7 +14,7 @@ COLORS = {"starting": "#d9d9d9", "sanity": "#c7b3e5", "after_sanity": "#e6dcf5",
           "train_end": "#f4a259", "validation": "#8fd18f", "val_end": "#f6d55c", "finished": "#bdbdbd"}
 SPLIT_COLORS = {"data_wait": "#d62728", "forward": "#1f77b4", "backward": "#9e9e9e", "optimizer": "#2ca02c",
                 "other": "#e0e0e0"}
-SPLIT_TEXT = {"data_wait": "data wait", "forward": "forward", "backward": "backward (with gradient sync)",
+SPLIT_TEXT = {"data_wait": "data wait", "forward": "forward", "backward": "backward (with waits for other ranks)",
               "optimizer": "optimizer", "other": "other"}
 # Tick label formats, coarsest first: the first that tells all ticks apart is used.
 TIME_FORMATS = ("%H:%M", "%H:%M:%S", "%H:%M:%S.%f", "%H:%M:%S.%f")  # the third cut to milliseconds

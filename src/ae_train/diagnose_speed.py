@@ -121,13 +121,13 @@ def speed_findings(rows: dict, train: dict | None, add, quiet: bool) -> dict:
             found[r] = "input_straggler"
             msg = f"Rank {r} waits for data {data[r]:.0f}% of the time (others {_pct(rest)}): its input is the straggler"
             if r in full and len(full) > 1:
-                msg += (f"; the others wait for it in gradient sync (backward {_pct(others(r, 'backward', full))} "
+                msg += (f"; the others wait for it in backward, where ranks sync ({_pct(others(r, 'backward', full))} "
                         f"vs its {full[r]['backward']:.0f}%)")
             add("warning", "input_straggler", [r], msg + _shards_text([rows[r]]) + f" ({_where(rows[r])})")
     for r in sorted(full):
         if r in found or len(full) < 2:
             continue
-        own = {q: 100 - s["backward"] for q, s in full.items()}  # time outside the gradient sync
+        own = {q: 100 - s["backward"] for q, s in full.items()}  # time not spent waiting for other ranks
         if own[r] - statistics.median(v for q, v in own.items() if q != r) < GAP:
             continue
         med = {c: statistics.median(others(r, c, full)) for c in WHAT}
@@ -138,7 +138,7 @@ def speed_findings(rows: dict, train: dict | None, add, quiet: bool) -> dict:
         found[r] = "compute_straggler"
         add("warning", "compute_straggler", [r], f"Rank {r}'s {WHAT[c]} takes {ratio:.1f}x the others ({full[r][c]:.0f}% "
             f"of the time vs {_pct(others(r, c, full))}): compute straggler ({_where(rows[r])}); the others wait for it "
-            f"in gradient sync (backward {_pct(others(r, 'backward', full))} vs its {full[r]['backward']:.0f}%)")
+            f"in backward, where ranks sync ({_pct(others(r, 'backward', full))} vs its {full[r]['backward']:.0f}%)")
     if not found and min(data.values()) >= BOTTLENECK:
         found = {r: "input_bottleneck" for r in splits}
         who = "All ranks wait" if len(splits) > 1 else f"Rank {next(iter(splits))} waits"

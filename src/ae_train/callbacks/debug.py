@@ -46,7 +46,8 @@ class DebugCallback(Callback):
         self._train_open = False  # TRAINING START written, END not yet
         self._t_epoch = self._t_val = self._t_ready = 0.0
         self.split = StepSplit(torch.cuda.is_available())  # replaced in setup() by the trainer's device
-        self._hooks: list = []
+        self._hooks: list = []  # torch optimizer hook handles
+        self._loop = None       # the training epoch loop whose step-start sync we time
         self._t_window = 0.0
         self._window_batches = 0
         self._val_batches = 0
@@ -60,12 +61,31 @@ class DebugCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The end of the optimizer step: a torch hook, since no Lightning hook runs right after it.
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
+        # In DDP, Lightning (2.x) starts every step with a broadcast from rank 0 (its SIGTERM check), before
+        # the batch is fetched: a rank slow after its backward (optimizer, callbacks) is waited for there.
+        # That wait is time spent waiting for the other ranks, as in the gradient all-reduce, so it counts
+        # as backward, not as data wait. Without that method (another Lightning) the split stays as it is.
+        loop = trainer.fit_loop.epoch_loop
+        check = getattr(loop, "_broadcast_sigterm_tensor", None)
+        if callable(check) and "_broadcast_sigterm_tensor" not in vars(loop):
+            def step_start_sync() -> None:
+                if self._train_open:
+                    self.split.mark(OTHER)  # the loop's work since the last batch end
+                try:
+                    check()
+                finally:
+                    if self._train_open:
+                        self.split.mark(BACKWARD)
+            loop._broadcast_sigterm_tensor = step_start_sync
+            self._loop = loop
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for h in self._hooks:
             h.remove()
-        self._hooks = []
+        if self._loop is not None:
+            vars(self._loop).pop("_broadcast_sigterm_tensor", None)  # the loop's own method again
+        self._hooks, self._loop = [], None
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._train_open:

@@ -2,7 +2,7 @@
 
 The train line ends with the epoch's time split (DebugCallback's, see step_split.py) of the slowest
 and the fastest rank, gathered once per epoch. Slowest is the rank with the most time outside
-backward: in DDP the others spend that difference in backward, waiting for it in the gradient sync.
+backward: in DDP the others spend that difference in backward, where ranks wait for each other.
 """
 from __future__ import annotations
 
