@@ -224,3 +224,12 @@ def test_diagnose_speed_slow_after_the_step_is_waited_for_in_backward_not_data(r
     split0, split1 = rep["ranks"][0]["time_split"], rep["ranks"][1]["time_split"]
     assert split1["backward"] > split0["backward"] + 30 and split1["data_wait"] < 30
     assert "input_straggler" not in [x["kind"] for x in rep["findings"]]
+
+
+def test_diagnose_speed_on_a_running_run(logs):
+    rls = [RankLog(logs, r, 2, t=NOW - 30) for r in range(2)]
+    for rl in rls:
+        rl.train(0, end=False, split=split(64, 20, 10) if rl.rank == 0 else split(3, 20, 70))
+    rep = diagnose_run(logs, now=NOW)
+    assert rep["state"] == "running"
+    assert kinds(rep)[:1] == ["input_straggler"] and finding(rep, "input_straggler")["ranks"] == [0]
