@@ -10,9 +10,10 @@ step (start-up excluded) by a timing callback present in every run. The three se
 interleaved (the order alternating), `--rounds` times; printed: the median steps/s of each with its
 spread, and per round the ratio to the run without DebugCallback (so slow drifts of the machine
 cancel), median and range. On a shared machine one run's noise can exceed 1%, so a second measure
-follows: the callback's own per-step cost, its two batch hooks called 100,000 times as Lightning
-calls them (a progress line every train_every steps, written to the log file), against the
-measured time of a training step.
+follows: the callback's own per-step cost, its five per-step hooks (batch start, before and after
+backward, the optimizer step's post-hook, batch end: the time split's cut points) called 100,000
+times in Lightning's order (a progress line every train_every steps, written to the log file),
+against the measured time of a training step.
 Target of issue 5: debug=true costs <= 1% steps/s at the default interval (train_every=500).
 """
 from __future__ import annotations
@@ -99,7 +100,7 @@ def run(setup: str, data: torch.Tensor, steps: int, batch: int, train_every: int
 
 
 def hook_cost(debug: bool, train_every: int, batch: torch.Tensor, log_file: str, calls: int = 100_000) -> float:
-    """Seconds per step of DebugCallback's two batch hooks, called as Lightning calls them."""
+    """Seconds per step of DebugCallback's per-step hooks, called in the order Lightning calls them."""
     from types import SimpleNamespace
 
     handler = _log_to(log_file, logging.DEBUG if debug else logging.INFO)
@@ -107,14 +108,35 @@ def hook_cost(debug: bool, train_every: int, batch: torch.Tensor, log_file: str,
     trainer = SimpleNamespace(current_epoch=0, global_step=0, num_training_batches=10 ** 9, sanity_checking=False)
     outputs = {"loss": torch.tensor(0.5)}
     cb._start_training(trainer, "")
+    loss = outputs["loss"]
     t0 = time.perf_counter()
     for i in range(calls):
         cb.on_train_batch_start(trainer, None, batch, i)
+        cb.on_before_backward(trainer, None, loss)
+        cb.on_after_backward(trainer, None)
+        cb._after_step(None, (), {})
         cb.on_train_batch_end(trainer, None, outputs, batch, i)
     dt = time.perf_counter() - t0
     logging.getLogger().removeHandler(handler)
     handler.close()
     return dt / calls
+
+
+def split_cost(calls: int = 100_000) -> float:
+    """Seconds per step of the time split alone: its five cut points (StepSplit.mark, host clock)."""
+    from ae_train.callbacks.step_split import BACKWARD, DATA, FORWARD, OPTIMIZER, OTHER, StepSplit
+
+    split = StepSplit(cuda=False)
+    split.start()
+    mark = split.mark
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        mark(DATA)
+        mark(FORWARD)
+        mark(BACKWARD)
+        mark(OPTIMIZER)
+        mark(OTHER)
+    return (time.perf_counter() - t0) / calls
 
 
 def main() -> int:
@@ -143,6 +165,7 @@ def main() -> int:
         run("debug=true", data, a.steps, a.batch, a.train_every, log_file)
         lines = sum(1 for line in open(log_file) if "Training step" in line)
         per_step = {d: hook_cost(d, a.train_every, data[:a.batch], log_file) for d in (False, True)}
+        per_step_split = split_cost()
     print(f"\n{a.rounds} rounds x {a.steps} steps per setup (timed from step {WARMUP}), batch {a.batch}, "
           f"train_every={a.train_every}, torch threads 1, pinned to CPU {a.cpu} of {os.cpu_count()}; "
           f"{lines} progress lines in a debug=true run's log")
@@ -160,6 +183,8 @@ def main() -> int:
     for d in (False, True):
         print(f"hooks alone: debug={str(d).lower()}: {per_step[d] * 1e6:.2f} us per step = "
               f"{per_step[d] / step:.3%} of a {step * 1e3:.2f} ms training step (100,000 calls; target <= 1%)")
+    print(f"of which the time split (5 cut points): {per_step_split * 1e6:.2f} us per step = "
+          f"{per_step_split / step:.3%} of the step")
     return 0
 
 

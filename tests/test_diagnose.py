@@ -48,8 +48,9 @@ class RankLog:
         self.line("INFO", f"========== {text} ==========" + (f" {extra}" if extra else ""))
 
     def train(self, ep: int, batches: int = 8, files=(2, 2), end: bool = True, finish_last: bool = True,
-              planned=None) -> None:
-        """One training epoch: workers start, shards open/finish, steps every 2 batches, COMPLETED, END."""
+              planned=None, split: str = "data wait 3.1%", read_s=None) -> None:
+        """One training epoch: workers start, shards open/finish, steps every 2 batches, COMPLETED, END.
+        `split`: the progress lines' time split; `read_s(b)`: seconds from batch b's shard Opening to Finished."""
         self.marker(f"EPOCH {ep} TRAINING START")
         per = batches // self.K
         planned = planned or [per] * self.K
@@ -62,10 +63,10 @@ class RankLog:
             url = f"/data/train-{self.rank:02d}{ep:02d}{b:03d}.tar"
             self.line("DEBUG", f"Opening shard {url} (samples 0..8 of 8)", w)
             if finish_last or b < batches - 1:
-                self.line("DEBUG", f"Finished shard {url}: 8 samples in 0.052s", w)
+                self.line("DEBUG", f"Finished shard {url}: 8 samples in 0.052s", w, dt=read_s(b) if read_s else 1.0)
             if b % 2 == 0:
                 self.line("DEBUG", f"Training step {b}, loss=0.0987{b} | Processed {b + 1} training batches (epoch {ep}, "
-                                   f"global step {ep * batches + b + 1}), 12000 samples/s, data wait 3.1%, rss 812 MB, cuda 0 MB")
+                                   f"global step {ep * batches + b + 1}), 12000 samples/s, {split}, rss 812 MB, cuda 0 MB")
         if not end:
             return
         for w in range(self.K):
@@ -275,7 +276,7 @@ def test_diagnose_clean_finished_run_says_so(logs):
     finished_run(logs)
     rep = diagnose_run(logs, now=NOW)
     assert rep["state"] == "finished"
-    assert kinds(rep) == ["finished"]
+    assert kinds(rep) == ["finished", "no_straggler"]  # both ranks wait 3.1% for data
     assert rep["verdict"].startswith("Run finished cleanly: Training finished: 2 epochs in 35.2s")
     assert all(r["phase"] == "finished" for r in rep["ranks"])
     text = format_report(rep)
@@ -410,6 +411,35 @@ def test_diagnose_plot_writes_png(logs, tmp_path, capsys):
     out = tmp_path / "timeline.png"
     assert main([str(logs), "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from ae_train.diagnose_plot import draw
+    legend = [t.get_text() for t in draw(diagnose_run(logs, now=NOW)).axes[0].get_legend().get_texts()]
+    assert "silent (no progress)" in legend  # rank 0 went silent while rank 1 went on: a stalled run
+
+
+def test_diagnose_plot_finished_run_is_not_silent_and_time_labels_differ(logs):
+    pytest.importorskip("matplotlib")
+    from ae_train.diagnose_plot import draw
+    rls = finished_run(logs)
+    rls[0].line("INFO", "late line of rank 0", dt=300)  # rank 1 ended 5 minutes before the run did
+    fig = draw(diagnose_run(logs, now=NOW))
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert len(labels) >= 3 and len(set(labels)) == len(labels)
+    assert "silent (no progress)" not in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert fig.axes[1].get_title() == "time split" and len(fig.axes[1].patches) == 2  # old lines: data wait only
+
+
+def test_diagnose_plot_time_labels_as_fine_as_needed():
+    from datetime import timedelta
+
+    from ae_train.diagnose_plot import _time_labels
+    t0, t1 = datetime(2026, 11, 29, 23, 59, 58), datetime(2026, 11, 29, 10, 0, 0)
+    assert _time_labels([t1 + timedelta(minutes=i) for i in range(3)]) == ["10:00", "10:01", "10:02"]
+    assert _time_labels([t1 + timedelta(seconds=20 * i) for i in range(3)]) == ["10:00:00", "10:00:20", "10:00:40"]
+    assert _time_labels([t1 + timedelta(seconds=0.2 * i) for i in range(3)]) == ["10:00:00.000", "10:00:00.200",
+                                                                                   "10:00:00.400"]
+    assert _time_labels([t0, t0 + timedelta(minutes=10)]) == ["11-29 23:59", "11-30 00:09"]  # the date when it changes
+
 
 
 def test_diagnose_plot_without_matplotlib_says_pip_install(logs, capsys, monkeypatch):
@@ -427,3 +457,4 @@ def test_diagnose_imports_no_heavy_modules():
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
     assert out[0] == "[]" and float(out[1]) < 0.5
+

@@ -11,6 +11,7 @@ machine in the run's time zone. The verdict rules and the text form live in diag
 from __future__ import annotations
 
 import argparse
+import heapq
 import importlib.util
 import json
 import logging
@@ -56,6 +57,8 @@ RAW_ALERTS = (b"Watchdog caught collective", b"collective operation timeout", b"
               b"Connection reset by peer", b"Connection closed by peer", b"Gloo connectFullMesh failed")
 log = logging.getLogger(__name__)
 CAP = 2000  # markers and alerts kept per rank for the plot (the latest); counts go on regardless
+STEPS_KEPT = 21  # the latest progress lines per rank: their time split says why the run is slow now
+SLOW_KEPT = 5    # the slowest shards per rank (Opening to Finished)
 
 
 class DiagnoseError(Exception):
@@ -68,6 +71,11 @@ def _t(line: bytes) -> float | None:
                         int(line[17:19]), int(line[20:23]) * 1000).timestamp()
     except (ValueError, TypeError):
         return None
+
+
+def _sod(line: bytes) -> float:
+    """Seconds of the day of a line's time stamp: cheap, for the hot path's differences."""
+    return int(line[11:13]) * 3600 + int(line[14:16]) * 60 + int(line[17:19]) + int(line[20:23]) / 1000
 
 
 def _ts(t: float | None) -> str | None:
@@ -137,9 +145,14 @@ class _Rank:
         self.last_error = self.last_shard_error = self.last_hang = self.ckpt = self.finished = None
         self.raw_alert, self.hang_active, self.events = None, False, deque(maxlen=CAP)
         self.dumps, self.dump, self.dump_n, self.t_rare = deque(maxlen=4), None, 0, None
+        self.steps = deque(maxlen=STEPS_KEPT)  # the latest progress lines
+        # Shards read (Opening to Finished, from the time stamps: it includes the open and read, whatever
+        # the reader's own figure covers): how many, and a min-heap of the slowest (s, line no, line).
+        self.shard_n, self.slow_shards = 0, []
 
     def scan(self) -> "_Rank":
         pending, rare, last, last_step, prev_step, step_n, last_val, n = self.pending, self._rare, None, None, None, 0, None, 0
+        steps, slow, shard_n, slow_min = self.steps, self.slow_shards, 0, -1.0
         with open(self.path, "rb", buffering=1 << 20) as f:
             for n, line in enumerate(f, 1):
                 k = line.find(b"] [", 24, 40)  # end of `[LEVEL]`; -1: continuation or torn line
@@ -152,15 +165,30 @@ class _Rank:
                 if head == b"Opening shard ":
                     pending[line[k + 3:m]] = last = line
                 elif head == b"Finished shard":  # a worker reads one shard at a time
-                    pending.pop(line[k + 3:m], None)
+                    opened = pending.pop(line[k + 3:m], None)
                     last = line
+                    if opened is not None:
+                        shard_n += 1
+                        try:  # same minute (nearly always): one int() per line, `SS` + `mmm` as milliseconds
+                            if line[:16] == opened[:16]:
+                                d = (int(line[17:19] + line[20:23]) - int(opened[17:19] + opened[20:23])) / 1000
+                            else:
+                                d = _sod(line) - _sod(opened)
+                                d += 86400 if d < 0 else 0  # across midnight
+                        except ValueError:
+                            continue
+                        if d > slow_min:
+                            (heapq.heappush if len(slow) < SLOW_KEPT else heapq.heapreplace)(slow, (d, n, line))
+                            slow_min = slow[0][0] if len(slow) == SLOW_KEPT else -1.0
                 elif head == b"Training step ":
                     prev_step, last_step, last, step_n = last_step, line, line, n
+                    steps.append(line)
                 elif head == b"Validation ste":
                     last_val = last = line
                 elif rare(line, k, m, m + 2, n):
                     last = line
         self.lines, self.last, self.last_step, self.prev_step, self.step_n, self.last_val = n, last, last_step, prev_step, step_n, last_val
+        self.shard_n = shard_n
         return self
 
     def _raw(self, line: bytes, n: int) -> None:
@@ -309,7 +337,7 @@ class _Rank:
 def _scan_train(path: Path) -> dict:
     """The train log: launcher lines, the run's end, rank 0's checkpoints, every rank's WARNING/ERROR."""
     out = {"file": path.name, "lines": 0, "last": None, "finished": None, "launcher": [], "ckpt": None,
-           "hangs": {}, "errors": {}, "world": None}
+           "hangs": {}, "errors": {}, "world": None, "epoch_split": None}
     n = 0
     with open(path, "rb", buffering=1 << 20) as f:
         for n, line in enumerate(f, 1):
@@ -330,6 +358,8 @@ def _scan_train(path: Path) -> dict:
                 out["world"] = int(r.group(2))
             if s.startswith(b"Training finished"):
                 out["finished"] = (_t(line), _s(s))
+            elif s.startswith(b"Epoch ") and b"; time split " in s:  # the latest epoch's slowest/fastest rank
+                out["epoch_split"] = (_t(line), _s(s))
             elif s.startswith(b"Saving checkpoint "):
                 out["ckpt"] = (_t(line), _s(s[18:]))
             elif s.startswith(b"Saved checkpoint "):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ae_train.diagnose import EXITED, PHASES, SEVERITY, STEP, TAG, VAL_STEP, WAIT_TEXT, _age, _num, _Rank, _s, _t, _ts, _worker
+from ae_train.diagnose_speed import rank_shards, rank_split, speed_findings, split_cell
 
 
 def _names(ranks) -> str:
@@ -67,6 +68,7 @@ def _rank_report(r: _Rank, now: float) -> tuple[dict, dict]:
         "hang_alerts": r.hangs, "hang_active": r.hang_active,
         "last_hang": h and {"time": _ts(h[0]), "seconds": h[1], "phase": h[2], "last_event": h[3]},
         "unfinished_shards": unfinished,
+        "time_split": rank_split(r), "shards_read": rank_shards(r),
         "stack_dumps": [{"file": r.path.name, "line": d["line"], "time": _ts(d["time"]), "who": d["who"], "pid": d["pid"],
                          "reason": d["reason"], "threads": d["threads"], "waits": d["waits"], "frames": d["frames"]}
                         for d in r.dumps],
@@ -267,6 +269,7 @@ def build(logs: Path, run: str, ranks: list[_Rank], train: dict | None, now: flo
                 h = rows[r]["last_hang"]
                 add("error", "hang_alert", [r], f"Rank {r} reports HANG SUSPECTED (no progress for {h['seconds']} s in "
                     f"{h['phase']}, at {h['time']}): its data loading or compute is stuck.\n    " + _detail(rows[r]))
+    speed = speed_findings(rows, train, add, quiet=any(f["severity"] == "error" for f in findings))
     _data_findings(ranks, rows, fl, now, add)
     if missing:
         add("warning", "missing_ranks", missing, f"No debug log for {_names(missing)} (world size {world})"
@@ -283,14 +286,14 @@ def build(logs: Path, run: str, ranks: list[_Rank], train: dict | None, now: flo
             "last lines (ae-train collect gathers them).")
     elif not live:
         add("warning", "empty", [], "The run's logs hold no log lines yet.")
-    findings.sort(key=lambda f: SEVERITY[f["severity"]])
+    findings.sort(key=lambda f: (SEVERITY[f["severity"]], f["kind"] == "no_straggler"))  # the run's state first
     return {"logs_dir": str(logs), "run": run, "now": _ts(now), "state": state, "world_size": world or None,
             "missing_ranks": missing, "stall_after_s": round(stall, 1), "newest_time": _ts(newest),
             "idle_s": idle and round(idle, 1),
             "train_log": train and {"file": train["file"], "lines": train["lines"],
                                     "last_time": _ts(train_t), "finished": train["finished"] and train["finished"][1],
                                     "launcher": [[_ts(t), m] for t, m in launcher]},
-            "ranks": [rows[r] for r in sorted(rows)], "findings": findings,
+            "ranks": [rows[r] for r in sorted(rows)], "findings": findings, "speed": speed,
             "verdict": findings[0]["message"].split("\n")[0] if findings else ""}
 
 
@@ -357,7 +360,7 @@ def format_text(report: dict) -> str:
     if tl:
         out.append(f"train log: {tl['file']}, {tl['lines']} lines, last line {tl['last_time'] or '-'}")
     head = ("rank", "host", "last progress", "age", "behind", "epoch", "phase", "last marker", "step", "batches",
-            "workers done", "errors", "hangs", "open shard (no Finished)")
+            "workers done", "errors", "hangs", "data/fwd/bwd/opt/other %", "open shard (no Finished)")
     rows = []
     for r in report["ranks"]:
         st, w = r["last_step"], r["workers"]
@@ -368,7 +371,7 @@ def format_text(report: dict) -> str:
                      (r["last_marker"] or {}).get("text", "-").strip("= "), "-" if st is None else str(st["step"]),
                      " ".join(f"{k[0]}{v}" for k, v in r["batches"].items() if v is not None) or "-",
                      " ".join(f"{k[0]}{v['completed']}/{v['started']}" for k, v in w.items()) or "-", err,
-                     f"{r['hang_alerts']}" + ("!" if r["hang_active"] else ""),
+                     f"{r['hang_alerts']}" + ("!" if r["hang_active"] else ""), split_cell(r),
                      "-" if open_ is None else f"{open_['url']} (w{open_['worker']}, {_age(open_['age_s'])} ago)"))
     widths = [max(len(h), *(len(x[i]) for x in rows)) if rows else len(h) for i, h in enumerate(head)]
     for row in (head, *rows):

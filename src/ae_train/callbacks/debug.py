@@ -3,8 +3,10 @@
 Marker order follows the guide: TRAINING END is written when the rank's last training batch is done,
 which is before Lightning runs validation (Lightning calls `on_train_epoch_end` only after the
 epoch's validation, so that hook alone would put TRAINING END after VALIDATION END).
-The per-step path is two clock reads and an integer test; the loss is read from the device (a sync)
-only on logged steps.
+Each progress line splits the interval's time into data wait, forward, backward (with the DDP gradient
+sync), optimizer and other (step_split.py: host clock on the CPU, CUDA events on a GPU); the epoch's
+split is kept for EpochSummary. The per-step path is five clock reads (or event records), float adds
+and an integer test; the loss (and on a GPU the last event) is waited for only on logged steps.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
+
+from .step_split import BACKWARD, DATA, FORWARD, OPTIMIZER, OTHER, StepSplit, format_split
 
 log = logging.getLogger(__name__)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -41,12 +45,52 @@ class DebugCallback(Callback):
         self.train_every, self.val_every, self.debug = train_every, val_every, debug
         self._train_open = False  # TRAINING START written, END not yet
         self._t_epoch = self._t_val = self._t_ready = 0.0
-        self._wait = 0.0  # seconds spent waiting for batches since the last progress line
+        self.split = StepSplit(torch.cuda.is_available())  # replaced in setup() by the trainer's device
+        self._hooks: list = []  # torch optimizer hook handles
+        self._loop = None       # the training epoch loop whose step-start sync we time
         self._t_window = 0.0
         self._window_batches = 0
         self._val_batches = 0
 
     # ---- training ----
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.split = StepSplit(trainer.strategy.root_device.type == "cuda")
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The end of the optimizer step: a torch hook, since no Lightning hook runs right after it.
+        self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
+        # In DDP, Lightning (2.x) starts every step with a broadcast from rank 0 (its SIGTERM check), before
+        # the batch is fetched: a rank slow after its backward (optimizer, callbacks) is waited for there.
+        # That wait is time spent waiting for the other ranks, as in the gradient all-reduce, so it counts
+        # as backward, not as data wait. Without that method (another Lightning) the split stays as it is.
+        loop = trainer.fit_loop.epoch_loop
+        check = getattr(loop, "_broadcast_sigterm_tensor", None)
+        if callable(check) and "_broadcast_sigterm_tensor" not in vars(loop):
+            def step_start_sync() -> None:
+                if self._train_open:
+                    self.split.mark(OTHER)  # the loop's work since the last batch end
+                try:
+                    check()
+                finally:
+                    if self._train_open:
+                        self.split.mark(BACKWARD)
+            loop._broadcast_sigterm_tensor = step_start_sync
+            self._loop = loop
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for h in self._hooks:
+            h.remove()
+        if self._loop is not None:
+            vars(self._loop).pop("_broadcast_sigterm_tensor", None)  # the loop's own method again
+        self._hooks, self._loop = [], None
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._train_open:
+            self.split.mark(OPTIMIZER)
+
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start_training(trainer, "")
@@ -54,23 +98,35 @@ class DebugCallback(Callback):
     def _start_training(self, trainer: pl.Trainer, note: str) -> None:
         log.info(_marker(f"EPOCH {trainer.current_epoch} TRAINING START") + note)
         self._train_open = True
-        self._t_epoch = self._t_window = self._t_ready = time.perf_counter()
-        self._wait, self._window_batches = 0.0, 0
+        self._t_epoch = self._t_window = self._t_ready = self.split.start()
+        self._window_batches = 0
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if not self._train_open:  # resumed mid-epoch: Lightning skips on_train_epoch_start
             self._start_training(trainer, f" resumed at batch {batch_idx}")
-        now = time.perf_counter()
-        self._wait += now - self._t_ready  # time since the previous batch ended: the loader's share
+        self.split.mark(DATA)  # since the previous batch ended: the loader's share
+
+    @override
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if self._train_open:
+            self.split.mark(FORWARD)
+
+    @override
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._train_open:
+            self.split.mark(BACKWARD)  # in DDP: includes the gradient all-reduce, the wait for slower ranks
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self._t_ready = time.perf_counter()
+        self._t_ready = self.split.mark(OTHER)
         self._window_batches += 1
-        if self.debug and batch_idx % self.train_every == 0:
-            self._progress_line(trainer, outputs, batch, batch_idx)
+        if batch_idx % self.train_every == 0:
+            if self.debug:
+                self._progress_line(trainer, outputs, batch, batch_idx)
+            else:
+                self.split.fold()  # debug off: still read the events each interval (the epoch's split)
         if batch_idx + 1 >= trainer.num_training_batches:
             self._end_training(trainer, batch_idx + 1)
 
@@ -80,10 +136,11 @@ class DebugCallback(Callback):
         elapsed = max(1e-9, self._t_ready - self._t_window)
         cuda = torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
         log.debug("Training step %d, loss=%.6f | Processed %d training batches (epoch %d, global step %d), "
-                  "%.0f samples/s, data wait %.1f%%, rss %.0f MB, cuda %.0f MB",
+                  "%.0f samples/s, %s (%s), rss %.0f MB, cuda %.0f MB",
                   batch_idx, loss_value, batch_idx + 1, trainer.current_epoch, trainer.global_step,
-                  self._window_batches * len(batch) / elapsed, 100 * self._wait / elapsed, _rss_mb(), cuda)
-        self._t_window, self._wait, self._window_batches = self._t_ready, 0.0, 0
+                  self._window_batches * len(batch) / elapsed, format_split(self.split.fold()), self.split.clock,
+                  _rss_mb(), cuda)
+        self._t_window, self._window_batches = self._t_ready, 0
 
     def _end_training(self, trainer: pl.Trainer, batches: int | None = None) -> None:
         if self._train_open:

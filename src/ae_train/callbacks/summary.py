@@ -1,14 +1,22 @@
-"""EpochSummary: one line per epoch for train and val on the console and in the train log (rank 0)."""
+"""EpochSummary: one line per epoch for train and val on the console and in the train log (rank 0).
+
+The train line ends with the epoch's time split (DebugCallback's, see step_split.py) of the slowest
+and the fastest rank, gathered once per epoch. Slowest is the rank with the most time outside
+backward: in DDP the others spend that difference in backward, where ranks wait for each other.
+"""
 from __future__ import annotations
 
 import logging
 import time
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
 from ..logs import CONSOLE
+from .debug import DebugCallback
+from .step_split import BACKWARD, PARTS, format_split
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +31,11 @@ class EpochSummary(Callback):
         self.shard_errors = shard_errors  # a ShardErrorLimit run before us: its per-split counts
         self._t0 = self._t_last = 0.0
         self._samples = 0
+        self._debug: DebugCallback | None = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._debug = next((c for c in trainer.callbacks if isinstance(c, DebugCallback)), None)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -46,12 +59,38 @@ class EpochSummary(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loss = _metric(trainer, "train_loss")  # reduced across ranks: every rank must read it
+        splits = self._gather_splits(trainer, pl_module)  # a collective too: every rank
         if not trainer.is_global_zero:
             return
         elapsed = max(1e-9, self._t_last - self._t0)
-        log.info("Epoch %d train: loss=%.6f batches=%d time=%.2fs samples/s=%.0f shard_errors=%d (all ranks)",
+        log.info("Epoch %d train: loss=%.6f batches=%d time=%.2fs samples/s=%.0f shard_errors=%d (all ranks)%s",
                  trainer.current_epoch, loss, trainer.num_training_batches, elapsed,
-                 self._samples * trainer.world_size / elapsed, self._errors("train_shards"), extra=CONSOLE)
+                 self._samples * trainer.world_size / elapsed, self._errors("train_shards"), _split_text(splits),
+                 extra=CONSOLE)
+
+    def _gather_splits(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[list[float]]:
+        """Every rank's epoch split in seconds, [rank][part]; one all_gather of len(PARTS) floats per rank."""
+        mine = self._debug.split.epoch_seconds() if self._debug else [float("nan")] * len(PARTS)
+        if trainer.world_size == 1:
+            return [mine]
+        t = pl_module.all_gather(torch.tensor(mine, dtype=torch.float32, device=pl_module.device))
+        return t.reshape(-1, len(PARTS)).tolist()  # once per epoch: a read from the device is fine here
 
     def _errors(self, split: str) -> int:
         return self.shard_errors.last.get(split, 0) if self.shard_errors else 0
+
+
+def _split_text(splits: list[list[float]]) -> str:
+    """`; time split slowest rank 1: data wait 71.0%, ...; fastest rank 0: ...` (one rank: `rank 0: ...`)."""
+    ok = [(r, s) for r, s in enumerate(splits) if sum(s) > 0]  # nan sums compare False: no split measured
+    if not ok:
+        return ""
+    if len(ok) == 1:
+        return f"; time split rank {ok[0][0]}: {format_split(ok[0][1])}"
+
+    def outside_backward(item):
+        return 1 - item[1][BACKWARD] / sum(item[1])
+
+    slow, fast = max(ok, key=outside_backward), min(ok, key=outside_backward)
+    return (f"; time split slowest rank {slow[0]}: {format_split(slow[1])}; "
+            f"fastest rank {fast[0]}: {format_split(fast[1])}")
