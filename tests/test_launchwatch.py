@@ -32,3 +32,31 @@ def test_launchwatch_stalled_count_is_named_then_given_up(tmp_path):
     assert f"Opening shard {fifo}" not in debug  # left out of the plan: no rank ever opens it
     ends = [[b for n, b in markers(run.text(f"debug_rank{r}_*.log")) if n.endswith("TRAINING END")] for r in (0, 1)]
     assert ends[0] == ends[1] == ["12"], ends  # 192 samples / (2 ranks x 8)
+
+
+def test_launchwatch_diagnose_names_the_stuck_launcher_stage_and_shard(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, start, wait_for
+
+    d = tmp_path / "d"
+    make_shards(d, [64, 64])
+    (d / "ae_index.json").unlink()
+    fifo = d / "train-000002.tar"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    proc = start(out, f"--data.train_shards={d}", "--data.val_shards=", "--log.hang_timeout_s=3",
+                 "--data.count_timeout_s=600")
+    try:
+        wait_for(out / "logs" / "train_*.log", r"HANG SUSPECTED: no progress for \d+ s in launcher checks", 60)
+        r = subprocess.run([sys.executable, "-m", "ae_train", "diagnose", str(out / "logs"), "--json"],
+                           capture_output=True, text=True, timeout=60, cwd=ROOT)
+        verdict = json.loads(r.stdout)["verdict"]  # one line: the stage and the shard
+        assert "launcher is stuck in its checks" in verdict and f"reading {fifo}" in verdict, r.stdout
+        assert "counting samples" in verdict, verdict
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

@@ -337,7 +337,7 @@ class _Rank:
 def _scan_train(path: Path) -> dict:
     """The train log: launcher lines, the run's end, rank 0's checkpoints, every rank's WARNING/ERROR."""
     out = {"file": path.name, "lines": 0, "last": None, "finished": None, "launcher": [], "ckpt": None,
-           "hangs": {}, "errors": {}, "world": None, "epoch_split": None}
+           "hangs": {}, "errors": {}, "world": None, "epoch_split": None, "checks": None}
     n = 0
     with open(path, "rb", buffering=1 << 20) as f:
         for n, line in enumerate(f, 1):
@@ -351,6 +351,14 @@ def _scan_train(path: Path) -> dict:
             if tag == b"Launcher":
                 if s.startswith((b"Rank ", b"Received ")) and len(out["launcher"]) < 50:
                     out["launcher"].append((_t(line), _s(s)))
+                elif s.startswith(b"Checking the data of run"):  # the launcher's checks before any rank
+                    out["checks"] = {"start": _t(line), "hang": None, "gave_up": [], "done": None}
+                elif out["checks"] is not None and s.startswith(b"HANG SUSPECTED"):
+                    out["checks"]["hang"] = (_t(line), _s(s))
+                elif out["checks"] is not None and s.startswith(b"Error counting shard "):
+                    out["checks"]["gave_up"].append((_t(line), _s(s)))
+                elif out["checks"] is not None and s.startswith(b"Starting training"):
+                    out["checks"]["done"] = _t(line)
                 continue
             r = TAG.match(tag)
             rank = int(r.group(1)) if r else None

@@ -189,6 +189,7 @@ def build(logs: Path, run: str, ranks: list[_Rank], train: dict | None, now: flo
         elif msg.startswith("Received "):
             stopped_by.append(-1)
             add("warning", "launcher", [], f"Launcher: {msg} (at {_ts(t)}): the run was stopped from outside")
+    _launcher_checks(train and train["checks"], add)
     finished = (train and train["finished"]) or next((r.finished for r in ranks if r.finished), None)
     idle = None if newest is None else now - newest
     state = ("finished" if finished else "stopped" if stopped_by else
@@ -284,7 +285,7 @@ def build(logs: Path, run: str, ranks: list[_Rank], train: dict | None, now: flo
     elif not bad and live:
         add("warning", "stalled", list(rows), f"No log line for {_age(idle)} and no rule explains it; look at each rank's "
             "last lines (ae-train collect gathers them).")
-    elif not live:
+    elif not live and not bad:
         add("warning", "empty", [], "The run's logs hold no log lines yet.")
     findings.sort(key=lambda f: (SEVERITY[f["severity"]], f["kind"] == "no_straggler"))  # the run's state first
     return {"logs_dir": str(logs), "run": run, "now": _ts(now), "state": state, "world_size": world or None,
@@ -295,6 +296,20 @@ def build(logs: Path, run: str, ranks: list[_Rank], train: dict | None, now: flo
                                     "launcher": [[_ts(t), m] for t, m in launcher]},
             "ranks": [rows[r] for r in sorted(rows)], "findings": findings, "speed": speed,
             "verdict": findings[0]["message"].split("\n")[0] if findings else ""}
+
+
+def _launcher_checks(checks: dict | None, add) -> None:
+    """The launcher's own phase (counting and probing shards before any rank): where it hangs, what it left out."""
+    if not checks:
+        return
+    for t, msg in checks["gave_up"]:
+        add("warning", "launcher_checks", [], f"Launcher, before any rank started: {msg} (at {_ts(t)}); its samples "
+            "are not in this run (a hung mount or server?)")
+    if checks["hang"] and (checks["done"] is None or checks["done"] < checks["hang"][0]):
+        t, msg = checks["hang"]
+        stage = msg.split("(last event: ", 1)[-1].rstrip(")")
+        add("error", "launcher_checks", [], f"The launcher is stuck in its checks, no rank started yet: {stage} "
+            f"(HANG SUSPECTED at {_ts(t)}); the launcher's stack dump is in the train log")
 
 
 def _data_findings(ranks: list[_Rank], rows: dict, fl: dict, now: float, add) -> None:
