@@ -107,3 +107,18 @@ def test_lightning_args_progress_bar_only_on_a_terminal(shards, tmp_path, termin
     logs = "".join(p.read_text() for p in (out / "logs").glob("*.log"))
     assert "it/s]" not in logs and "\r" not in logs  # never in the log files
     assert ("Epoch 0: 100%" in r.stdout) == terminal, r.stdout[-2000:]
+
+
+@pytest.mark.parametrize("package,entry,made", [  # each tested for real where its package is installed
+    ("tensorboard", "{class_path: pytorch_lightning.loggers.TensorBoardLogger, init_args: {name: tb}}", "tb/**/events.out.tfevents.*"),
+    ("wandb", "{class_path: pytorch_lightning.loggers.WandbLogger, init_args: {offline: true, project: ae}}", "wandb/offline-run-*"),
+    ("mlflow", "{class_path: pytorch_lightning.loggers.MLFlowLogger, init_args: {tracking_uri: 'file:TMP/mlruns'}}",
+     "mlruns/*/*/metrics/val_loss"),
+])
+def test_lightning_args_third_party_loggers_when_installed(shards, tmp_path, package, entry, made):
+    pytest.importorskip(package)
+    run = fit(tmp_path / "out", f"--trainer.logger={entry.replace('TMP', str(tmp_path / 'out'))}", f"--data.train_shards={shards}/train-000000.tar",
+              f"--data.val_shards={shards}/val-000000.tar", "--data.batch_size=8", "--data.num_workers=1",
+              "--trainer.max_epochs=1", env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "out")})
+    assert run.proc.returncode == 0, run.console + run.text("*.log")
+    assert list((tmp_path / "out").glob(made)), sorted(p.name for p in (tmp_path / "out").rglob("*"))[:50]
