@@ -107,7 +107,8 @@ def _rank(a: argparse.Namespace) -> int:
     mine = list(range(rank, len(urls), world))
     log.info("Processing %d/%d files from %s (%s, device %s)", len(mine), len(urls), SPLIT, a.ckpt, device)
     t0, total, errors = time.perf_counter(), 0, 0
-    for i, dest in ((i, _outputs(urls, out)[i]) for i in mine):
+    dests = _outputs(urls, out)
+    for i, dest in ((i, dests[i]) for i in mine):
         log.debug("Opening shard %s", urls[i])
         t = time.perf_counter()
         try:
