@@ -2,6 +2,8 @@
 samples (never zeros), and a split with nothing readable stops instead of training on made-up data."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -49,3 +51,22 @@ def test_reader_nothing_readable_stops(tmp_path):
     ds = ShardBatches([bad], [16], "train_shards", "x.npy", 16, 8, 0, 0, 1, 0, False)
     with pytest.raises(NoReadableSamples, match="no sample of any shard can be read .* instead of training on made-up"):
         _batches(ds)
+
+
+def test_reader_remote_and_gzip_read_errors_name_url_and_reason(http_root, tmp_path, caplog):
+    import gzip
+
+    root, base = http_root
+    (good,) = make_shards(root / "errs", [16])
+    packed = tmp_path / "cut.tar.gz"
+    data = gzip.compress(open(good, "rb").read())
+    packed.write_bytes(data[: len(data) // 2])
+    urls = [f"{base}/errs/missing-000000.tar", str(packed), good]
+    ds = ShardBatches(urls, [16, 16, 16], "train_shards", "x.npy", 16, 8, 0, 0, 1, 0, False)
+    with caplog.at_level("DEBUG", logger="ae_train"):
+        got = _batches(ds)
+    assert got.shape == (48, 16) and ds.errors.value == 2  # padded with real samples of the good shard
+    text = caplog.text
+    assert f"Opening shard {base}/errs/missing-000000.tar" in text  # written before the open
+    assert re.search(rf"Error reading shard {re.escape(base)}/errs/missing-000000.tar: curl exited with code 22: .*404", text)
+    assert re.search(rf"Error reading shard {re.escape(str(packed))}: truncated gzip stream", text)
