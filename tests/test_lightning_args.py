@@ -85,7 +85,8 @@ def test_lightning_args_early_stopping_from_yaml_and_a_bad_one(shards, tmp_path)
                  "--data.val_shards=")
     assert r.returncode == 2 and time.monotonic() - t0 < 30
     lines = (r.stdout + r.stderr).strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ae-train: error: trainer.callbacks[0] (EarlyStopping): TypeError:"), lines
+    assert len(lines) == 1 and lines[0].startswith("ae-train: error: trainer.callbacks: cannot build "
+                                                   "pytorch_lightning.callbacks.EarlyStopping(patience=1): TypeError:"), lines
     assert "monitor" in lines[0] and not list((tmp_path / "out2").rglob("debug_rank*.log"))
 
 

@@ -66,28 +66,46 @@ def check_trainer_key(name: str, where: str) -> None:
         raise ConfigError(f"unknown config key 'trainer.{name}' ({where}): not an argument of Lightning's Trainer{hint}")
 
 
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
 def _load_class(path: str, key: str) -> type:
-    module, _, name = path.rpartition(".")
+    module, _, name = path.strip().rpartition(".")
+    if not module or not name:
+        raise ConfigError(f"{key}: '{path}' is not a dotted path to a class (package.module.Class)")
     try:
         return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"{key}: cannot load '{path}': {e}") from None
+    except Exception as e:  # noqa: BLE001 - any failure of the user's import is the user's input error
+        raise ConfigError(f"{key}: cannot load '{path}': {_one_line(e)}") from None
+
+
+def _entry(entry: Any, key: str) -> tuple[str, dict]:
+    """(class path, init args) of `pkg.Class` or `{class_path: pkg.Class, init_args: {...}}`."""
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and isinstance(entry.get("class_path"), str) and \
+            set(entry) <= {"class_path", "init_args"} and isinstance(entry.get("init_args") or {}, dict):
+        return entry["class_path"], dict(entry.get("init_args") or {})
+    raise ConfigError(f"{key}: expected a class path or {{class_path: ..., init_args: {{...}}}}, got {entry!r}")
 
 
 def build(entries: list[Any], key: str, defaults: dict[str, Any] | None = None) -> list[Any]:
-    """Objects from `pkg.Class` or `{class_path: pkg.Class, init_args: {...}}` entries. `defaults`
-    fill init arguments the class takes and the entry does not set (a logger's save_dir)."""
+    """Objects from `pkg.Class` or `{class_path: pkg.Class, init_args: {...}}` entries; `key` is
+    `trainer.callbacks` (each must be a Lightning Callback) or `trainer.logger` (a Lightning Logger).
+    `defaults` fill init arguments the class takes and the entry does not set (a logger's save_dir)."""
+    if not entries:
+        return []
+    if key.endswith("callbacks"):
+        from pytorch_lightning.callbacks import Callback as expected
+        public = "pytorch_lightning.callbacks.Callback"
+    else:
+        from pytorch_lightning.loggers import Logger as expected
+        public = "pytorch_lightning.loggers.Logger"
     out = []
-    for i, entry in enumerate(entries):
-        where = f"{key}[{i}]"
-        if isinstance(entry, str):
-            path, args = entry, {}
-        elif isinstance(entry, dict) and isinstance(entry.get("class_path"), str) and \
-                set(entry) <= {"class_path", "init_args"} and isinstance(entry.get("init_args", {}), dict):
-            path, args = entry["class_path"], dict(entry.get("init_args") or {})
-        else:
-            raise ConfigError(f"{where}: expected a class path or {{class_path: ..., init_args: {{...}}}}, got {entry!r}")
-        cls = _load_class(path, where)
+    for entry in entries:
+        path, args = _entry(entry, key)
+        cls = _load_class(path, key)
         try:
             params = inspect.signature(cls).parameters
         except (TypeError, ValueError):
@@ -95,10 +113,15 @@ def build(entries: list[Any], key: str, defaults: dict[str, Any] | None = None) 
         for name, value in (defaults or {}).items():
             if name in params and name not in args:
                 args[name] = value
+        shown = ", ".join(f"{k}={v!r}" for k, v in args.items() if k not in (defaults or {}))
         try:
-            out.append(cls(**args))
-        except Exception as e:  # the class's own check of its arguments: one line naming the entry
-            raise ConfigError(f"{where} ({path.rpartition('.')[2]}): {type(e).__name__}: {e}") from None
+            obj = cls(**args)
+        except Exception as e:  # noqa: BLE001 - the class's own check of its arguments: one line naming it
+            given = f"({shown})" if shown else "() with no arguments"
+            raise ConfigError(f"{key}: cannot build {path}{given}: {_one_line(e)}") from None
+        if not isinstance(obj, expected):
+            raise ConfigError(f"{key}: {path} is not a Lightning {expected.__name__.lower()} (a subclass of {public})")
+        out.append(obj)
     return out
 
 
