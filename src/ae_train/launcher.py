@@ -19,12 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-from . import logs
+from . import checkpoint_files, logs, runlock, user_callbacks
 from .config import Config, ConfigError, resume_path, to_yaml
 from .data.shards import COUNTS_ENV, DataError, error_limit, list_shards, sample_counts
 
 log = logging.getLogger(__name__)
-LAUNCHER_ENV = "AE_TRAIN_LAUNCHER"  # set for the ranks we start; absent under torchrun/srun
+LAUNCHER_ENV = "AE_TRAIN_LAUNCHER"  # the launcher's pid, for the ranks we start; absent under torchrun/srun
+CHECKPOINT_WRITE_FAILED = 4  # rank exit code: a checkpoint could not be written (train.py)
+# Exit codes of ranks that stopped the run on purpose, together, after saying why in an ERROR line.
+STOPPED = {3: "too many unreadable shards", CHECKPOINT_WRITE_FAILED: "a checkpoint could not be written"}
 CONFIG_MARK = "# written by ae-train: the resolved config of the latest run\n"
 
 
@@ -117,8 +120,14 @@ def launch(cfg: Config, argv: list[str]) -> int:
         if not 0 <= node_rank < nodes:
             raise ConfigError(f"NODE_RANK={node_rank} is outside 0..{nodes - 1} (trainer.num_nodes={nodes})")
         logs_dir = check_output_dir(cfg)
-        resume_path(cfg)  # fails here, before any rank, if the checkpoint is missing or would be overwritten
+        # One run per output_dir: node 0's launcher holds the lock (other nodes join node 0's run).
+        lock = runlock.acquire(cfg.output_dir) if node_rank == 0 else None
+        ckpt = resume_path(cfg)  # before any rank: a missing, broken or about-to-be-overwritten checkpoint
+        user_callbacks.build(cfg.trainer.callbacks)  # a callback that cannot be built: one line, here
         resolve_devices(cfg)
+        if lock is not None:
+            for p in checkpoint_files.remove_leftovers(Path(cfg.output_dir) / "checkpoints"):
+                log.warning("Removed %s, left by a checkpoint save that did not finish", p)
     finally:
         logging.getLogger().removeHandler(early)
     devices = int(cfg.trainer.devices)
@@ -141,17 +150,21 @@ def launch(cfg: Config, argv: list[str]) -> int:
     counts_file.write_text(json.dumps({"counts": counts, "problems": problems}))
 
     env = dict(os.environ, **{
-        logs.RUN_TS_ENV: ts, COUNTS_ENV: str(counts_file), LAUNCHER_ENV: "1",
+        logs.RUN_TS_ENV: ts, COUNTS_ENV: str(counts_file), LAUNCHER_ENV: str(os.getpid()),
         "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
         "MASTER_PORT": os.environ.get("MASTER_PORT", "29500" if nodes > 1 else str(_free_port())),
         "WORLD_SIZE": str(world), "NODE_RANK": str(node_rank),
     })
     resolved = [f"--trainer.devices={devices}", f"--trainer.accelerator={cfg.trainer.accelerator}"]
+    if ckpt:  # the checkpoint verified above (resume=auto may have passed over a broken last.ckpt)
+        resolved.append(f"--resume={ckpt}")
     cmd = [sys.executable, "-m", "ae_train", "fit", *argv, *resolved]
     procs: dict[int, subprocess.Popen] = {}
     for local in range(devices):
+        # The ranks inherit the run lock: it is held until the last process of the run is gone.
         procs[node_rank * devices + local] = subprocess.Popen(cmd, env=dict(env, LOCAL_RANK=str(local)),
-                                                              preexec_fn=_rank_preexec)
+                                                              preexec_fn=_rank_preexec,
+                                                              pass_fds=(lock,) if lock is not None else ())
     return _watch(procs, counts_file)
 
 
@@ -172,7 +185,8 @@ PREEMPTED = {128 + signal.SIGTERM, 128 + signal.SIGINT}  # a rank that saved las
 
 def _watch(procs: dict[int, subprocess.Popen], counts_file: Path, stop_grace_s: float = 120.0) -> int:
     """Wait for the ranks. A rank that fails stops the rest at once; SIGTERM/SIGINT are passed on so
-    every rank saves last.ckpt at the same step and exits."""
+    every rank saves last.ckpt at the same step and exits. Ranks that stop the run together on purpose
+    (exit codes in STOPPED) are given 30 s to do so; the launcher exits with their code."""
     received: list[int] = []
 
     def forward(signum, _frame):
@@ -191,6 +205,7 @@ def _watch(procs: dict[int, subprocess.Popen], counts_file: Path, stop_grace_s: 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     failed: tuple[int, int] | None = None
     preempted = False
+    stopped: tuple[int, float] | None = None  # (exit code, when) of ranks that stopped the run together
     try:
         while True:
             running = any(p.poll() is None for p in procs.values())
@@ -201,11 +216,21 @@ def _watch(procs: dict[int, subprocess.Popen], counts_file: Path, stop_grace_s: 
                 if code in PREEMPTED:
                     preempted = True
                     continue
+                if code in STOPPED:  # every rank stops at the same point on its own; its ERROR line says why
+                    if stopped is None:
+                        stopped = (code, time.monotonic())
+                        log.info("Rank %d stopped the run (exit code %d: %s)", rank, code, STOPPED[code],
+                                 extra=logs.CONSOLE)
+                    continue
                 failed = (rank, code)
                 log.error("Rank %d (pid %d) exited with %s; stopping the other ranks", rank, p.pid, _describe_exit(code))
                 _stop(procs)
             if not running:
                 break
+            if failed is None and stopped is not None and time.monotonic() - stopped[1] > 30:
+                log.error("Ranks did not stop within 30 s of the others; killing them")
+                failed = (-1, -signal.SIGKILL)
+                _stop(procs, grace_s=0)
             if failed is None and signalled_at and (
                     len(received) > 1 or time.monotonic() - signalled_at[0] > stop_grace_s):
                 log.error("Ranks did not stop %s; killing them",
@@ -222,6 +247,8 @@ def _watch(procs: dict[int, subprocess.Popen], counts_file: Path, stop_grace_s: 
             except (ProcessLookupError, PermissionError):
                 pass
         counts_file.unlink(missing_ok=True)
+    if stopped is not None:
+        return stopped[0]
     if failed is not None:
         return 1
     if received or preempted:
