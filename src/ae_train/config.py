@@ -222,6 +222,12 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
             mark = getattr(e, "problem_mark", None)
             at = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"config file {path} is not valid YAML{at}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+        except (ValueError, OverflowError, RecursionError) as e:  # a date like 2026-13-45, nesting too deep
+            raise ConfigError(f"config file {path} holds a value YAML cannot read: {e}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys")
         for key, value in _flatten(tree):

@@ -21,6 +21,7 @@ from .config import ConfigError
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".ae_train.lock"
+_held: set[int] = set()  # descriptors of locks this process holds
 
 
 def _holder(text: str) -> dict:
@@ -56,15 +57,25 @@ def acquire(output_dir: str | Path) -> int:
                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, me, 0)
-    atexit.register(release, fd)  # a normal exit; a killed launcher leaves the file for the next run to see
+    if not _held:
+        atexit.register(_release_all)  # a normal exit; a killed launcher leaves the file for the next run to see
+    _held.add(fd)
     return fd
 
 
 def release(fd: int) -> None:
     """The launcher exits normally (its ranks are gone): empty the file, so the next run finds no stale
     holder. The lock itself goes with the last open descriptor."""
+    if fd not in _held:
+        return
+    _held.discard(fd)
     try:
         os.ftruncate(fd, 0)
         os.close(fd)
     except OSError:
         pass
+
+
+def _release_all() -> None:
+    for fd in list(_held):
+        release(fd)
