@@ -19,13 +19,13 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from . import logs, user_callbacks
 from .callbacks.checkpoint import LoggedModelCheckpoint
-from .callbacks.step_checkpoint import StepCheckpoint
-from .checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from .callbacks.debug import DebugCallback
 from .callbacks.preemption import PreemptionCallback
 from .callbacks.shard_errors import ShardErrorLimit, TooManyShardErrors
+from .callbacks.step_checkpoint import StepCheckpoint
 from .callbacks.summary import EpochSummary
 from .callbacks.watchdog import HangWatchdog
+from .checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from .config import Config, resume_path, to_yaml
 from .data.datamodule import ShardDataModule
 from .launcher import CHECKPOINT_WRITE_FAILED, LAUNCHER_ENV, resolve_devices, write_config

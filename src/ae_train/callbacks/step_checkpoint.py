@@ -2,8 +2,8 @@
 
 A rank killed without warning (OOM killer, segfault, a lost node) then costs at most N steps instead
 of everything since the last epoch end. The save is a collective like every checkpoint save (all
-ranks call it at the same step; rank 0 writes, atomically). The per-step cost outside a save is one
-integer test.
+ranks call it at the same step; rank 0 writes, atomically). The per-step cost outside a save is two
+integer tests.
 
 Lightning saves from `on_train_batch_end`, where the batch's optimizer step is done but the loop has
 not yet counted the batch as completed; on resume Lightning counts it then, after the DataModule has
