@@ -109,36 +109,37 @@ def test_checkpoint_every_n_steps_sigkilled_rank_resumes_inside_the_epoch_with_t
     for p in (ref, killed, resumed):
         p.mkdir()
     hashes = "--trainer.callbacks=ddp_helpers.BatchHashes"
-    run = fit(tmp_path / "out_ref", *_flags(d, hashes), env={"AE_TEST_HASHES": str(ref)}, timeout=240)
+    one = "--trainer.max_epochs=1"
+    run = fit(tmp_path / "out_ref", *_flags(d, one, hashes), env={"AE_TEST_HASHES": str(ref)}, timeout=240)
     assert run.proc.returncode == 0, run.console + run.text("*.log")
 
     out = tmp_path / "out"
     every = ["--checkpoint.every_n_steps=25"]
-    run = fit(out, *_flags(d, *every, hashes + ",ddp_helpers.KillRank1At"),
-              env={"AE_TEST_HASHES": str(killed), "AE_TEST_KILL_AT": "1:180"}, timeout=240)
+    run = fit(out, *_flags(d, one, *every, hashes + ",ddp_helpers.KillRank1At"),
+              env={"AE_TEST_HASHES": str(killed), "AE_TEST_KILL_AT": "0:180"}, timeout=240)
     assert run.proc.returncode == 1, run.console
     train = run.text("train_*.log")
     assert re.search(r"Rank 1 \(pid \d+\) exited with code -9 \(killed by SIGKILL\)", train)
-    saved = [int(s) for s in re.findall(r"Saved step checkpoint \S+last\.ckpt at epoch 1 step (\d+)", train)]
-    killed_at = STEPS + 181  # rank 1 died after the step of batch 180 of epoch 1
+    saved = [int(s) for s in re.findall(r"Saved step checkpoint \S+last\.ckpt at epoch 0 step (\d+)", train)]
+    killed_at = 181  # rank 1 died after the step of batch 180 of epoch 0
     assert saved and saved[-1] <= killed_at and killed_at - saved[-1] <= 25, saved
     first = set(run.files("*.log"))
 
-    run = fit(out, *_flags(d, *every, hashes, "--resume=auto"), env={"AE_TEST_HASHES": str(resumed)}, timeout=240)
+    run = fit(out, *_flags(d, one, *every, hashes, "--resume=auto"), env={"AE_TEST_HASHES": str(resumed)}, timeout=240)
     assert run.proc.returncode == 0, run.console + run.text("*.log")
     text = "".join(p.read_text() for p in run.files("train_*.log") if p not in first)
-    assert f"Resuming from {out}/checkpoints/last.ckpt at epoch 1, step {saved[-1]}" in text
-    done_in_epoch = saved[-1] - STEPS
+    assert f"Resuming from {out}/checkpoints/last.ckpt at epoch 0, step {saved[-1]}" in text
+    done_in_epoch = saved[-1]
     for rank in (0, 1):
         want, before, after = _hashes(ref, rank), _hashes(killed, rank), _hashes(resumed, rank)
         # Batch i after the resume is batch i of the run never stopped; so is every batch before the kill.
-        assert sorted(after) == [(1, i) for i in range(done_in_epoch, STEPS)]
+        assert sorted(after) == [(0, i) for i in range(done_in_epoch, STEPS)]
         assert all(after[k] == want[k] for k in after), rank
         assert all(before[k] == want[k] for k in before), rank
         debug = next(p for p in run.files(f"debug_rank{rank}_*.log") if p not in first).read_text()
-        assert f"EPOCH 1 TRAINING START ========== resumed at batch {done_in_epoch}" in debug
+        assert f"EPOCH 0 TRAINING START ========== resumed at batch {done_in_epoch}" in debug
     ends = [[b for n, b in markers(next(p for p in run.files(f"debug_rank{r}_*.log") if p not in first).read_text())
-             if n == "EPOCH 1 TRAINING END"] for r in (0, 1)]
+             if n == "EPOCH 0 TRAINING END"] for r in (0, 1)]
     assert ends[0] == ends[1] == [str(STEPS)], ends
 
 
