@@ -1,7 +1,8 @@
 """The launcher: checks everything a rank would trip on, then starts one process per local rank.
 
-It runs before any rank: bad config, missing shards, an unwritable output_dir or a missing checkpoint
-fail here in seconds with one line. Then it owns the run's timestamp, writes the resolved config,
+It runs before any rank: bad config, missing shards, an unwritable output_dir, an output_dir another
+live run holds (runlock), a missing or broken checkpoint, or a callback that cannot be built fail here
+in seconds with one line. Then it owns the run's timestamp, writes the resolved config,
 starts the ranks with Lightning's environment variables (LOCAL_RANK, NODE_RANK, WORLD_SIZE,
 MASTER_ADDR/PORT; Lightning's DDP strategy sees processes created externally and does not re-launch),
 and watches them: a rank that dies takes the others down at once instead of leaving them in a

@@ -54,9 +54,10 @@ class PreemptionCallback(Callback):
         path = self.checkpoint_dir / "last.ckpt"
         trainer.save_checkpoint(path, weights_only=False)  # every rank takes part; rank 0 writes
         failed = save_failure(trainer)
-        if failed:
-            log.error("Received %s at epoch %d step %d; could not save %s (the previous one is kept)", name,
-                      trainer.current_epoch, trainer.global_step, failed)
+        if failed:  # known on every rank (a broadcast); one ERROR line, from rank 0
+            log.log(logging.ERROR if trainer.is_global_zero else logging.INFO, "Received %s at epoch %d step %d; "
+                    "could not save %s (the previous one is kept)", name, trainer.current_epoch, trainer.global_step,
+                    failed)
             return
         log.info("Received %s at epoch %d step %d; saved %s", name, trainer.current_epoch, trainer.global_step,
                  path, extra=CONSOLE)
