@@ -62,3 +62,67 @@ class PauseRank0Once(Callback):
         if trainer.global_rank == 0 and trainer.current_epoch == 0 and batch_idx == 10:
             import time
             time.sleep(7)
+
+
+class BatchHashes(Callback):
+    """Appends `epoch batch_idx sha1` of every training batch to $AE_TEST_HASHES/rank<N>.txt."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        import hashlib
+        import os
+        digest = hashlib.sha1(batch.cpu().numpy().tobytes()).hexdigest()[:16]
+        with open(os.path.join(os.environ["AE_TEST_HASHES"], f"rank{trainer.global_rank}.txt"), "a") as f:
+            f.write(f"{trainer.current_epoch} {batch_idx} {digest}\n")
+
+
+class KillRank1At(Callback):
+    """Rank 1 SIGKILLs itself after batch B of epoch E ($AE_TEST_KILL_AT="E:B"): no signal, no save."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import os
+        import signal
+        epoch, at = (int(x) for x in os.environ["AE_TEST_KILL_AT"].split(":"))
+        if trainer.global_rank == 1 and trainer.current_epoch == epoch and batch_idx == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class BlockRank0InStep(Callback):
+    """Rank 0 blocks in C (a sleep) inside batch 5 of epoch 0; rank 1 goes on into the next step's
+    gradient all-reduce and waits there for it."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == 0 and trainer.current_epoch == 0 and batch_idx == 5:
+            import logging
+            import time
+            logging.getLogger("ae_train.test").warning("test: rank 0 blocks in a sleep")
+            time.sleep(3600)
+
+
+class KillRank0DuringSave(Callback):
+    """The 2nd checkpoint save of the run carries 128 MB more; rank 0 SIGKILLs itself once its
+    temporary file holds 8 MB: a kill in the middle of writing a checkpoint."""
+
+    saves = 0
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.global_rank != 0:
+            return
+        KillRank0DuringSave.saves += 1
+        if KillRank0DuringSave.saves != 2:
+            return
+        import os
+        import signal
+        import threading
+        import time
+        from pathlib import Path
+
+        import torch
+        checkpoint["test_blob"] = torch.ones(32 * 2**20)
+        tmp = Path(trainer.default_root_dir) / "checkpoints" / f"last.ckpt.tmp{os.getpid()}"
+
+        def kill_when_written():
+            while not (tmp.exists() and tmp.stat().st_size > 8 * 2**20):
+                time.sleep(0.001)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=kill_when_written, daemon=True).start()

@@ -70,3 +70,22 @@ def test_reader_remote_and_gzip_read_errors_name_url_and_reason(http_root, tmp_p
     assert f"Opening shard {base}/errs/missing-000000.tar" in text  # written before the open
     assert re.search(rf"Error reading shard {re.escape(base)}/errs/missing-000000.tar: curl exited with code 22: .*404", text)
     assert re.search(rf"Error reading shard {re.escape(str(packed))}: truncated gzip stream", text)
+
+
+@pytest.mark.parametrize("skip", [1, 2, 3, 7])
+def test_reader_mid_epoch_resume_keeps_the_order_for_any_skip(tmp_path, skip):
+    """A resumed epoch (any number of batches already trained, odd ones too) goes on with the batches an
+    uninterrupted epoch would have given, through a real DataLoader with 2 forked workers."""
+    urls = make_shards(tmp_path, [40, 24, 33])
+    counts = [40, 24, 33]
+
+    def epoch(skip_batches: int) -> list[np.ndarray]:
+        ds = ShardBatches(urls, counts, "train_shards", "x.npy", 16, 8, 2, 0, 1, 5, True, 1)
+        ds.skip_batches = skip_batches
+        loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork")
+        return [b.numpy() for b in loader]
+
+    full, resumed = epoch(0), epoch(skip)
+    assert len(resumed) == len(full) - skip
+    for a, b in zip(full[skip:], resumed):
+        np.testing.assert_array_equal(a, b)

@@ -160,6 +160,12 @@ def cmd_index(args: list[str]) -> int:
     return 1 if bad else 0
 
 
+def _one_line(message: str) -> str:
+    """The error on one line: a newline or control character the user typed (in a key, a flag, a
+    path) is shown escaped, as Python would write it."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         from .logs import logging_installed, print_error
         if logging_installed() and not getattr(e, "logged", False):  # a rank: its logs hold the error
-            logging.getLogger("ae_train").error("%s", e)
+            logging.getLogger("ae_train").error("%s", _one_line(str(e)))
         else:
-            print_error(str(e))
+            print_error(_one_line(str(e)))
         return 2

@@ -6,12 +6,15 @@ ConfigError naming the key and where it came from (the file or the flag), before
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -113,6 +116,16 @@ class LogConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_n_steps: int = 0
+    """Also write checkpoints/last.ckpt every this many optimizer steps (0: at epoch ends only); a
+    rank killed without warning then loses at most this many steps."""
+    parent_death_grace_s: int = 30
+    """Seconds a rank whose launcher (or torchrun/srun agent) died may spend saving last.ckpt before
+    it kills itself and its DataLoader workers."""
+
+
+@dataclass
 class Config:
     output_dir: str = "output/ae_demo"
     """Run directory: logs/, checkpoints/, metrics/ and the resolved config.yaml go here."""
@@ -126,6 +139,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 def _yaml_value(text: str, where: str, key: str) -> Any:
@@ -275,6 +289,12 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
             mark = getattr(e, "problem_mark", None)
             at = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"config file {path} is not valid YAML{at}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+        except (ValueError, OverflowError, RecursionError) as e:  # a date like 2026-13-45, nesting too deep
+            raise ConfigError(f"config file {path} holds a value YAML cannot read: {e}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys")
         for key, value in _flatten(tree):
@@ -312,6 +332,8 @@ def validate(cfg: Config) -> None:
         (cfg.log.train_every >= 1, "log.train_every must be >= 1"),
         (cfg.log.val_every >= 1, "log.val_every must be >= 1"),
         (cfg.log.hang_timeout_s >= 1, "log.hang_timeout_s must be >= 1"),
+        (cfg.checkpoint.every_n_steps >= 0, "checkpoint.every_n_steps must be >= 0"),
+        (cfg.checkpoint.parent_death_grace_s >= 0, "checkpoint.parent_death_grace_s must be >= 0"),
         (bool(cfg.data.train_shards.strip()), "data.train_shards must not be empty"),
         (bool(cfg.output_dir.strip()), "output_dir must not be empty"),
     ]
@@ -320,14 +342,33 @@ def validate(cfg: Config) -> None:
             raise ConfigError(message)
 
 
-def resume_path(cfg: Config) -> str | None:
+def resume_path(cfg: Config, verify: bool = True, warn: bool = True) -> str | None:
+    """The checkpoint this run continues from, or None for a fresh run.
+
+    `auto` takes the newest whole checkpoint in output_dir/checkpoints (last.ckpt normally) and says
+    so when it had to pass over a broken one; a path given with `--resume` must be whole. `verify`
+    False trusts an explicit path (the launcher verified it before starting the ranks).
+    """
+    from . import checkpoint_files
+
     ckpt_dir = Path(cfg.output_dir) / "checkpoints"
     if cfg.resume == "auto":
-        last = ckpt_dir / "last.ckpt"
-        return str(last) if last.is_file() else None
+        good, broken = checkpoint_files.newest_good(ckpt_dir)
+        if broken and good is None:
+            path, why = broken[0]
+            raise ConfigError(f"resume=auto: no readable checkpoint in {ckpt_dir}: {path.name} {why}"
+                              + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else "")
+                              + "; move them away to start afresh, or pass --resume=<checkpoint>")
+        if broken and warn:
+            names = ", ".join(f"{p.name} {why}" for p, why in broken)
+            log.warning("resume=auto: %s; resuming from the newest good checkpoint %s instead", names, good)
+        return str(good) if good else None
     if cfg.resume:
         if not Path(cfg.resume).is_file():
             raise ConfigError(f"resume: checkpoint not found: {cfg.resume}")
+        why = checkpoint_files.verify(cfg.resume) if verify else None
+        if why:
+            raise ConfigError(f"resume: checkpoint {cfg.resume} {why}")
         return cfg.resume
     if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
         raise ConfigError(f"output_dir {cfg.output_dir} already holds checkpoints of an earlier run; "

@@ -1,7 +1,8 @@
 """The launcher: checks everything a rank would trip on, then starts one process per local rank.
 
-It runs before any rank: bad config, missing shards, an unwritable output_dir or a missing checkpoint
-fail here in seconds with one line. Then it owns the run's timestamp, writes the resolved config,
+It runs before any rank: bad config, missing shards, an unwritable output_dir, an output_dir another
+live run holds (runlock), a missing or broken checkpoint, or a callback that cannot be built fail here
+in seconds with one line. Then it owns the run's timestamp, writes the resolved config,
 starts the ranks with Lightning's environment variables (LOCAL_RANK, NODE_RANK, WORLD_SIZE,
 MASTER_ADDR/PORT; Lightning's DDP strategy sees processes created externally and does not re-launch),
 and watches them: a rank that dies takes the others down at once instead of leaving them in a
@@ -19,14 +20,17 @@ import sys
 import time
 from pathlib import Path
 
-from . import lightning_args, logs
+from . import checkpoint_files, lightning_args, logs, runlock
 from .config import Config, ConfigError, resume_path, to_yaml
 from .data import splits
 from .data.shards import COUNTS_ENV, DataError, list_shards
 from .launchwatch import LauncherWatchdog
 
 log = logging.getLogger(__name__)
-LAUNCHER_ENV = "AE_TRAIN_LAUNCHER"  # set for the ranks we start; absent under torchrun/srun
+LAUNCHER_ENV = "AE_TRAIN_LAUNCHER"  # the launcher's pid, for the ranks we start; absent under torchrun/srun
+CHECKPOINT_WRITE_FAILED = 4  # rank exit code: a checkpoint could not be written (train.py)
+# Exit codes of ranks that stopped the run on purpose, together, after saying why in an ERROR line.
+STOPPED = {3: "too many unreadable shards", CHECKPOINT_WRITE_FAILED: "a checkpoint could not be written"}
 CONFIG_MARK = "# written by ae-train: the resolved config of the latest run\n"
 COUNTS_CACHE = "shard_counts.json"  # in output_dir: counts this run's launcher made by reading shards
 
@@ -83,8 +87,20 @@ def _describe_exit(code: int) -> str:
     return f"code {code}"
 
 
-def _cheap_checks(cfg: Config) -> tuple[Path, dict[str, list[str]]]:
-    """What fails in well under a second, without torch or reading a shard: one line on bad input."""
+class _Held(logging.Handler):
+    """Records of the cheap checks (a run lock taken over), kept until the train log exists."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _cheap_checks(cfg: Config) -> tuple[Path, dict[str, list[str]], int | None, str | None]:
+    """What fails in well under a second, without torch or reading a shard: one line on bad input.
+    Returns the logs dir, each split's shard URLs, the run lock (node 0) and the checkpoint to resume."""
     nodes, node_rank = cfg.trainer.num_nodes, int(os.environ.get("NODE_RANK", 0))
     if nodes > 1 and not os.environ.get("MASTER_ADDR"):
         raise ConfigError(f"trainer.num_nodes={nodes}: set MASTER_ADDR (node 0's address) and NODE_RANK on every node")
@@ -93,8 +109,10 @@ def _cheap_checks(cfg: Config) -> tuple[Path, dict[str, list[str]]]:
     listed = {name: list_shards(getattr(cfg.data, name), f"data.{name}")
               for name in splits.SPLITS if getattr(cfg.data, name).strip()}
     logs_dir = check_output_dir(cfg)
-    resume_path(cfg)  # fails here, before any rank, if the checkpoint is missing or would be overwritten
-    return logs_dir, listed
+    # One run per output_dir: node 0's launcher holds the lock (other nodes join node 0's run).
+    lock = runlock.acquire(cfg.output_dir) if node_rank == 0 else None
+    ckpt = resume_path(cfg)  # before any rank: a missing, broken or about-to-be-overwritten checkpoint
+    return logs_dir, listed, lock, ckpt
 
 
 def _resolve_data(cfg: Config, listed: dict[str, list[str]]) -> splits.DataFacts:
@@ -115,7 +133,13 @@ def _resolve_data(cfg: Config, listed: dict[str, list[str]]) -> splits.DataFacts
 
 
 def launch(cfg: Config, argv: list[str]) -> int:
-    logs_dir, listed = _cheap_checks(cfg)
+    held = _Held()
+    logging.getLogger().addHandler(held)
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        logs_dir, listed, lock, ckpt = _cheap_checks(cfg)
+    finally:
+        logging.getLogger().removeHandler(held)
     nodes, node_rank = cfg.trainer.num_nodes, int(os.environ.get("NODE_RANK", 0))
     # From here on the run has a train log (tail -f finds it at once); the console shows the checks
     # once they take a while, and a check that fails is still one `ae-train: error:` line.
@@ -124,6 +148,11 @@ def launch(cfg: Config, argv: list[str]) -> int:
     if node_rank == 0:
         log.info("Logs: %s and %s", train_log, logs_dir / f"debug_rank*_{ts}.log", extra=logs.CONSOLE)
         log.info("Monitor logs with: tail -f %s", train_log, extra=logs.CONSOLE)
+    for record in held.records:
+        logging.getLogger(record.name).handle(record)
+    if lock is not None:  # ours now: what a save cut short left behind can go
+        for p in checkpoint_files.remove_leftovers(Path(cfg.output_dir) / "checkpoints"):
+            log.warning("Removed %s, left by a checkpoint save that did not finish", p)
     log.info("Checking the data of run %s before starting ranks", ts, extra=logs.CONSOLE)
     try:
         with LauncherWatchdog(cfg.log.hang_timeout_s):
@@ -152,7 +181,7 @@ def launch(cfg: Config, argv: list[str]) -> int:
     facts.save(str(counts_file))
 
     env = dict(os.environ, **{
-        logs.RUN_TS_ENV: ts, COUNTS_ENV: str(counts_file), LAUNCHER_ENV: "1",
+        logs.RUN_TS_ENV: ts, COUNTS_ENV: str(counts_file), LAUNCHER_ENV: str(os.getpid()),
         "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
         "MASTER_PORT": os.environ.get("MASTER_PORT", "29500" if nodes > 1 else str(_free_port())),
         "WORLD_SIZE": str(world), "NODE_RANK": str(node_rank),
@@ -160,11 +189,15 @@ def launch(cfg: Config, argv: list[str]) -> int:
     resolved = [f"--trainer.devices={devices}", f"--trainer.accelerator={cfg.trainer.accelerator}",
                 f"--model.input_dim={cfg.model.input_dim}",
                 f"--model.input_shape={','.join(map(str, cfg.model.input_shape))}"]
+    if ckpt:  # the checkpoint verified above (resume=auto may have passed over a broken last.ckpt)
+        resolved.append(f"--resume={ckpt}")
     cmd = [sys.executable, "-m", "ae_train", "fit", *argv, *resolved]
     procs: dict[int, subprocess.Popen] = {}
     for local in range(devices):
+        # The ranks inherit the run lock: it is held until the last process of the run is gone.
         procs[node_rank * devices + local] = subprocess.Popen(cmd, env=dict(env, LOCAL_RANK=str(local)),
-                                                              preexec_fn=_rank_preexec)
+                                                              preexec_fn=_rank_preexec,
+                                                              pass_fds=(lock,) if lock is not None else ())
     return _watch(procs, counts_file)
 
 
@@ -185,7 +218,8 @@ PREEMPTED = {128 + signal.SIGTERM, 128 + signal.SIGINT}  # a rank that saved las
 
 def _watch(procs: dict[int, subprocess.Popen], counts_file: Path, stop_grace_s: float = 120.0) -> int:
     """Wait for the ranks. A rank that fails stops the rest at once; SIGTERM/SIGINT are passed on so
-    every rank saves last.ckpt at the same step and exits."""
+    every rank saves last.ckpt at the same step and exits. Ranks that stop the run together on purpose
+    (exit codes in STOPPED) are given 30 s to do so; the launcher exits with their code."""
     received: list[int] = []
 
     def forward(signum, _frame):
@@ -204,6 +238,7 @@ def _watch(procs: dict[int, subprocess.Popen], counts_file: Path, stop_grace_s: 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     failed: tuple[int, int] | None = None
     preempted = False
+    stopped: tuple[int, float] | None = None  # (exit code, when) of ranks that stopped the run together
     try:
         while True:
             running = any(p.poll() is None for p in procs.values())
@@ -214,11 +249,21 @@ def _watch(procs: dict[int, subprocess.Popen], counts_file: Path, stop_grace_s: 
                 if code in PREEMPTED:
                     preempted = True
                     continue
+                if code in STOPPED:  # every rank stops at the same point on its own; its ERROR line says why
+                    if stopped is None:
+                        stopped = (code, time.monotonic())
+                        log.info("Rank %d stopped the run (exit code %d: %s)", rank, code, STOPPED[code],
+                                 extra=logs.CONSOLE)
+                    continue
                 failed = (rank, code)
                 log.error("Rank %d (pid %d) exited with %s; stopping the other ranks", rank, p.pid, _describe_exit(code))
                 _stop(procs)
             if not running:
                 break
+            if failed is None and stopped is not None and time.monotonic() - stopped[1] > 30:
+                log.error("Ranks did not stop within 30 s of the others; killing them")
+                failed = (-1, -signal.SIGKILL)
+                _stop(procs, grace_s=0)
             if failed is None and signalled_at and (
                     len(received) > 1 or time.monotonic() - signalled_at[0] > stop_grace_s):
                 log.error("Ranks did not stop %s; killing them",
@@ -235,6 +280,8 @@ def _watch(procs: dict[int, subprocess.Popen], counts_file: Path, stop_grace_s: 
             except (ProcessLookupError, PermissionError):
                 pass
         counts_file.unlink(missing_ok=True)
+    if stopped is not None:
+        return stopped[0]
     if failed is not None:
         return 1
     if received or preempted:

@@ -1,7 +1,6 @@
 """One rank of a training run: wire config, logging, data, model, callbacks and the Trainer together."""
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
 import os
@@ -24,15 +23,18 @@ from .callbacks.debug import DebugCallback
 from .callbacks.preemption import PreemptionCallback
 from .callbacks.progress import ConsoleProgressBar, console_is_terminal
 from .callbacks.shard_errors import ShardErrorLimit, TooManyShardErrors
+from .callbacks.step_checkpoint import StepCheckpoint
 from .callbacks.summary import EpochSummary
 from .callbacks.watchdog import HangWatchdog
+from .checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from .config import Config, ConfigError, resume_path, to_yaml
 from .data import splits
 from .data.datamodule import ShardDataModule
 from .data.shards import COUNTS_ENV, DataError
 from .data.splits import DataFacts
-from .launcher import LAUNCHER_ENV, resolve_devices, write_config
+from .launcher import CHECKPOINT_WRITE_FAILED, LAUNCHER_ENV, resolve_devices, write_config
 from .model import AutoEncoder
+from .orphans import ParentWatch
 
 log = logging.getLogger(__name__)
 # Lightning's own use of a deprecated torch API, once per rank and fit: noise in every train log.
@@ -159,6 +161,9 @@ def _announce(cfg: Config, paths: dict, ts: str, rank: int, world: int, local_ra
 
 
 def main(cfg: Config) -> int:
+    # First of all: a rank whose launcher is gone must not outlive it, even while blocked in C.
+    launcher_pid = os.environ.get(LAUNCHER_ENV, "")
+    ParentWatch(cfg.checkpoint.parent_death_grace_s, int(launcher_pid) if launcher_pid.isdigit() else None).start()
     resolve_devices(cfg)  # `auto` under torchrun/srun, where no launcher resolved it
     env = cluster_environment(cfg)
     rank, world, local_rank, node_rank = rank_layout(cfg, env)
@@ -183,6 +188,8 @@ def main(cfg: Config) -> int:
         EpochSummary(shard_errors),
         preemption,
         HangWatchdog(cfg.log.hang_timeout_s),
+        *([StepCheckpoint(ckpt_dir, cfg.checkpoint.every_n_steps, max(1, cfg.data.num_workers))]
+          if cfg.checkpoint.every_n_steps else []),
         # Last of the per-batch hooks: its clock starts after every other callback's batch work, so
         # "data wait" is the time spent fetching the next batch only.
         DebugCallback(cfg.log.train_every, cfg.log.val_every, cfg.debug),
@@ -198,7 +205,7 @@ def main(cfg: Config) -> int:
     if progress_bar:
         callbacks.append(ConsoleProgressBar())
     trainer_args = dict(
-        plugins=[env],
+        plugins=[env, AtomicCheckpointIO()],
         accelerator="gpu" if gpu else "cpu",
         devices=int(cfg.trainer.devices),
         num_nodes=cfg.trainer.num_nodes,
@@ -218,9 +225,16 @@ def main(cfg: Config) -> int:
     trainer = pl.Trainer(**{**trainer_args, **cfg.trainer.extra})  # any other Trainer argument: the user's
     t0 = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg))
+        # Our launcher verified the checkpoint and passes it as --resume=<path>; under torchrun/srun
+        # every rank checks it and rank 0 reports a fallback.
+        ckpt_path = resume_path(cfg, verify=LAUNCHER_ENV not in os.environ, warn=rank == 0)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         return preemption.exit_code  # last.ckpt saved and logged; resume with --resume=auto
+    except CheckpointWriteError as e:  # raised on every rank at the same save; one ERROR line, from rank 0
+        log.log(logging.ERROR if rank == 0 else logging.INFO, "Stopping: could not write checkpoint %s; the "
+                "checkpoints saved before are kept (continue with --resume=auto once there is room)", e)
+        return CHECKPOINT_WRITE_FAILED
     except TooManyShardErrors as e:
         log.error("Stopping: %s", e)
         return 3

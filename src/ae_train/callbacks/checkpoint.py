@@ -1,4 +1,9 @@
-"""ModelCheckpoint that logs each save: a hang after VALIDATION END is often the checkpoint write."""
+"""ModelCheckpoint that logs each save: a hang after VALIDATION END is often the checkpoint write.
+
+The write itself is atomic (checkpoint_io.AtomicCheckpointIO); after it every rank learns from rank 0
+whether it succeeded, and a failed write (a full disk) stops all ranks together with the previous
+files kept.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,6 +13,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from typing_extensions import override
 
+from ..checkpoint_io import raise_if_not_saved
 from ..logs import CONSOLE
 
 log = logging.getLogger(__name__)
@@ -19,4 +25,5 @@ class LoggedModelCheckpoint(ModelCheckpoint):
         log.info("Saving checkpoint %s", filepath)  # written first, so a stuck save still names its file
         t0 = time.perf_counter()
         super()._save_checkpoint(trainer, filepath)
+        raise_if_not_saved(trainer)
         log.info("Saved checkpoint %s in %.2fs", filepath, time.perf_counter() - t0, extra=CONSOLE)

@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from ..checkpoint_io import save_failure
 from ..logs import CONSOLE
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,13 @@ class PreemptionCallback(Callback):
         self._saved = True
         name = self.signal.name if self.signal else "SIGTERM"
         path = self.checkpoint_dir / "last.ckpt"
-        trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes
+        trainer.save_checkpoint(path, weights_only=False)  # every rank takes part; rank 0 writes
+        failed = save_failure(trainer)
+        if failed:  # known on every rank (a broadcast); one ERROR line, from rank 0
+            log.log(logging.ERROR if trainer.is_global_zero else logging.INFO, "Received %s at epoch %d step %d; "
+                    "could not save %s (the previous one is kept)", name, trainer.current_epoch, trainer.global_step,
+                    failed)
+            return
         log.info("Received %s at epoch %d step %d; saved %s", name, trainer.current_epoch, trainer.global_step,
                  path, extra=CONSOLE)
 

@@ -117,12 +117,15 @@ class ShardBatches(IterableDataset):
         if info is not None:
             logs.set_worker(worker, num)
             log.info("Worker started pid=%d", os.getpid())
-        # The DataLoader takes batch i from worker i % K: after a mid-epoch resume each worker drops
-        # the batches the rank already trained on, so the epoch continues with the same data order.
-        skip = len(range(worker, self.skip_batches, num))
+        # The DataLoader takes batch i of an iterator from worker i % K, and epoch batch j came from plan
+        # worker j % K. A resumed iterator starts at epoch batch `skip_batches`, so its worker w serves
+        # plan worker (w + skip_batches) % K, minus that plan's batches already trained: the epoch goes
+        # on in the same data order whatever the skip count.
+        plan_worker = (worker + self.skip_batches) % num
+        skip = len(range(plan_worker, self.skip_batches, num))
         if skip:
             log.info("Resuming mid-epoch %d: skipping the %d batch(es) of this worker already trained", self.epoch, skip)
-        for i, batch in enumerate(self._worker_batches(worker)):
+        for i, batch in enumerate(self._worker_batches(plan_worker)):
             if i >= skip:
                 yield torch.from_numpy(batch)
 
