@@ -22,9 +22,10 @@ warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__`
 
 
 class ShardDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: DataConfig, facts: DataFacts, seed: int, rank: int = 0):
+    def __init__(self, cfg: DataConfig, facts: DataFacts, seed: int, rank: int = 0, ring_slots: int | None = None):
         super().__init__()
         self.cfg, self.facts, self.seed, self.rank = cfg, facts, seed, rank
+        self.ring_slots = ring_slots  # batch ring slots per worker (EpochDataLoader); 0: the DataLoader's hand-over
         self.train_set: ShardBatches | None = None
         self.val_set: ShardBatches | None = None
         self._reported = False
@@ -54,7 +55,8 @@ class ShardDataModule(pl.LightningDataModule):
 
     def _loader(self, ds: ShardBatches) -> DataLoader:
         # batch_size=None: workers yield whole batches; fork keeps the rank's log handlers in workers.
-        return EpochDataLoader(ds, self._epoch_state if ds.name == "train_shards" else self._val_state, batch_size=None,
+        return EpochDataLoader(ds, self._epoch_state if ds.name == "train_shards" else self._val_state,
+                               ring_slots=self.ring_slots, batch_size=None,
                                num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(),
                                persistent_workers=False, worker_init_fn=_worker_init,
                                multiprocessing_context="fork" if self.cfg.num_workers > 0 else None)

@@ -255,6 +255,8 @@ class SlotWriter:
             self._mark(FAILED)
             raise
         self._mark(END)
+        log.debug("Batch ring: %d batches handed over, %.3fs waiting for the rank to free a slot",
+                  self._published - 1, self.waited)
 
 
 class RingIterator:
