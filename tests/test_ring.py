@@ -136,6 +136,15 @@ def test_ring_worker_error_reaches_the_rank_with_the_shard_named(numbered):
     assert loader.ring is not None
 
 
+def test_ring_a_killed_worker_stops_the_rank_with_the_dataloaders_error(numbered):
+    it = iter(_loader(numbered, SIZES, None))
+    next(it)
+    os.kill(it._inner._workers[1].pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid(\(s\))? \d+\) (is killed by signal|exited unexpectedly)"):
+        for _ in it:
+            pass
+
+
 RANK = """
 import os, sys, time
 sys.path.insert(0, {tests!r})

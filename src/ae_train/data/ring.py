@@ -279,7 +279,7 @@ class RingIterator:
             ring._reclaim()
         while self._left and self._inner is not None:
             worker = self._left[self._turn]
-            value = self._wait(worker)
+            value = self._next_data(worker)
             if value >= 0:
                 self._turn = (self._turn + 1) % len(self._left)
                 return ring._hand_out(worker, value)
@@ -289,8 +289,9 @@ class RingIterator:
                 self._raise_failure()
         return self._finish()
 
-    def _wait(self, worker: int) -> int:
-        """The table entry of this worker's next batch, once it is published."""
+    def _next_data(self, worker: int) -> int:
+        """The table entry of this worker's next batch, once it is published. (The DataLoader's name for
+        this wait: `ae-train diagnose` tells a main thread waiting for data by it in stack dumps.)"""
         ready = self._ring._ready[worker]
         if not ready.acquire(False):
             while not ready.acquire(timeout=POLL_S):
