@@ -11,18 +11,21 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import get_worker_info
 
-from ae_train import logs
+from ae_train import logs, stacks
 from ae_train.data.datamodule import EpochDataLoader
 from ae_train.data.decode import SampleSpec
 from ae_train.data.make import _png, write_image_shards, write_shards
 from ae_train.data.reader import ShardBatches
+from ae_train.diagnose import WAITS
 from conftest import ROOT, alive, wait_for
 
 logs._state.setdefault("rank_tag", "test")  # workers stamp their log records with it
@@ -143,6 +146,41 @@ def test_ring_a_killed_worker_stops_the_rank_with_the_dataloaders_error(numbered
     with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid(\(s\))? \d+\) (is killed by signal|exited unexpectedly)"):
         for _ in it:
             pass
+
+
+class _Stalling(ShardBatches):
+    """Worker 0's first shard takes a while (a slow mount): the rank waits for data meanwhile."""
+
+    def _open(self, piece, ahead):
+        if get_worker_info().id == 0 and not self._stalled:
+            self._stalled = True
+            time.sleep(3)
+        return super()._open(piece, ahead)
+
+
+def test_ring_a_rank_waiting_for_a_worker_shows_as_waiting_for_data_in_its_stacks(numbered):
+    """What the hang watchdog dumps for a stalled worker: diagnose tells the main thread waits for data."""
+    ds = _Stalling(numbered, SIZES, "train_shards", "x.npy", DIM, 8, 2, 0, 1, 7, False, 0)
+    ds._stalled = False
+    loader = EpochDataLoader(ds, lambda: (0, 0), batch_size=None, num_workers=2, multiprocessing_context="fork")
+    main, dumps = threading.main_thread().ident, []
+
+    def watch():
+        deadline = time.monotonic() + 30
+        while not dumps and time.monotonic() < deadline:
+            frame = sys._current_frames().get(main)
+            if frame is not None and frame.f_code.co_name == "_next_data" and frame.f_code.co_filename.endswith("ring.py"):
+                dumps.append(stacks.format_stacks("rank 0", "hang"))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    got = sum(len(b) for b in loader)  # the stall ends by itself: every batch still comes
+    watcher.join()
+    assert got == len(loader) * 8 and dumps
+    main_thread = dumps[0].split("Thread 0x")[1]  # the main thread's block comes first
+    patterns = dict(WAITS)["data"]
+    assert any(p.decode() in main_thread for p in patterns), main_thread
 
 
 RANK = """

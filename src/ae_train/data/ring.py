@@ -85,6 +85,7 @@ class SlotRing:
         self._given = [0] * n  # hand-outs of each slot in this epoch (the worker counts the same)
         self._held: list[tuple[int, int]] = []  # (slot, hand-out) given as views, maybe still alive
         self._live = [0] * workers  # entries of _held per worker
+        self.copies = 0  # batches handed out as copies (the rank kept too many views of one worker)
         self._ready: list = []
         self._free: list = []
         self._active = None  # weakref to the RingIterator whose workers write now
@@ -159,6 +160,7 @@ class SlotRing:
         self._given[flat] += 1
         given = self._given[flat]
         if self._live[worker] >= self.slots - 2:  # the rank keeps many: a copy, so the worker has a slot
+            self.copies += 1
             out = torch.from_numpy(self.slot_array(flat).copy())
             self._release(flat, given)
             return out
@@ -318,6 +320,9 @@ class RingIterator:
             for item in self._inner:
                 raise RuntimeError(f"a ring worker yielded {type(item).__name__} instead of filling slots")
             self._inner = None
+            if self._ring.copies:
+                log.debug("Batch ring: %d batches handed over as copies so far: the training step kept more "
+                          "than %d batches of one worker alive", self._ring.copies, self._ring.slots - 2)
         raise StopIteration
 
     def close(self) -> None:
