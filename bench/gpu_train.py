@@ -2,11 +2,13 @@
 share of the time spent waiting for data.
 
     python bench/gpu_train.py [--steps 300] [--workers 8] [--shards 16] [--per-shard 8192] [--dir DIR]
+    python bench/gpu_train.py --ring-slots 0                          # the DataLoader's own hand-over
     python bench/gpu_train.py --device cpu --steps 20 --small        # smoke check without a GPU
 
 The model and batch are those of configs/large_scale.yaml: input 1024, hidden 2048-1024-512, latent
 64, batch 4096, bf16-mixed, `--workers` DataLoader workers with pinned memory, the real DataModule
-(ShardDataModule: equalized plan, ShardBatches, workers restarted every epoch). Shards (webdataset
+(ShardDataModule: equalized plan, ShardBatches, workers restarted every epoch, batches handed over
+through the pinned batch ring, data/ring.py, unless `--ring-slots 0`). Shards (webdataset
 TarWriter, one float32 `x.npy` per sample) are written to a temporary directory, or to DIR and
 reused. `--small` shrinks everything (input 64, batch 256, 2 workers, fp32) for a quick CPU check.
 
@@ -38,6 +40,7 @@ from ae_train.config import Config  # noqa: E402
 from ae_train.data.datamodule import ShardDataModule  # noqa: E402
 from ae_train.data.make import synthetic, write_shards  # noqa: E402
 from ae_train.data.shards import INDEX_NAME  # noqa: E402
+from ae_train.data.splits import resolve  # noqa: E402
 from ae_train.model import AutoEncoder  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -106,6 +109,8 @@ def main() -> int:
     p.add_argument("--precision", default=None, help="default bf16-mixed on cuda, 32-true on cpu")
     p.add_argument("--small", action="store_true", help="input 64, batch 256, 2 workers, 4 x 2048 samples")
     p.add_argument("--dir", help="shard directory to (re)use")
+    p.add_argument("--ring-slots", type=int, default=None,
+                   help="batch ring slots per worker (default: prefetch_factor + 3); 0: the DataLoader's own hand-over")
     a = p.parse_args()
     a.warmup = max(1, a.warmup)
     if a.device == "cuda" and not torch.cuda.is_available():
@@ -127,7 +132,8 @@ def main() -> int:
     cfg.data.train_shards = shards(directory, a.shards, a.per_shard, cfg.model.input_dim)
 
     pl.seed_everything(0, verbose=False)
-    dm = ShardDataModule(cfg.data, cfg.model.input_dim, cfg.seed, 0)
+    facts = resolve(cfg)
+    dm = ShardDataModule(cfg.data, facts, cfg.seed, 0, ring_slots=a.ring_slots)
     model = AutoEncoder(cfg.model.input_dim, cfg.model.latent_dim, cfg.model.hidden_dims, cfg.model.activation,
                         cfg.model.lr, cfg.model.weight_decay, cfg.model.warmup_steps, total_steps=a.steps)
     clock = Clock(a.warmup, a.device == "cuda")
@@ -142,7 +148,8 @@ def main() -> int:
     per_epoch = dm.steps_per_epoch(1)
     print(f"device: {name}; torch {torch.__version__}, precision {precision}")
     print(f"model: input {cfg.model.input_dim}, hidden {cfg.model.hidden_dims}, latent {cfg.model.latent_dim}; "
-          f"batch {batch}; {a.workers} workers, pin_memory {torch.cuda.is_available()}; "
+          f"batch {batch}; {a.workers} workers, pin_memory {torch.cuda.is_available()}, "
+          f"{'the DataLoader hand-over' if a.ring_slots == 0 else 'batch ring'}; "
           f"{a.shards} shards x {a.per_shard} samples ({per_epoch} steps per epoch)")
     print(f"timed: steps {a.warmup + 1}..{a.warmup + clock.steps} ({clock.steps} steps, {span:.2f}s, "
           f"{clock.steps / per_epoch:.1f} epochs)")

@@ -4,15 +4,21 @@
 
 Runs the real training data path (the ShardBatches dataset and the DataLoader exactly as the
 DataModule builds them) over `data.train_shards` for one rank: first in one process (num_workers=0),
-then with the configured `data.num_workers`. Each run goes through epochs for `--seconds` (default
-20; the last epoch is cut short there), the workers starting anew every epoch as in training.
+then with the configured `data.num_workers` (batches handed over through the batch ring,
+data/ring.py). Each run goes through epochs for `--seconds` (default 20; the last epoch is cut short
+there), the workers starting anew every epoch as in training.
 Prints samples/s, MB/s of shard files read, batches/s, and where the loader's time goes: reading
 (the file reads, most of them done by a read-ahead thread while the previous shard is decoded and
 batched), decoding (tar walk, .npy header checks) and batching (gathering and shuffling the rows,
 making tensors): shares of the sum of the three, so they add up to 100% even where reading overlaps
 the rest; "read hidden" is the part of the read time the loader did not wait for. With workers
 these are summed over the workers; handing batches to the main process is not in them (it shows in
-samples/s).
+samples/s), nor is the time a worker waited for the rank to free a ring slot.
+
+With a CUDA device at hand, a third run trains the configured model on it from the configured
+workers (one device, AdamW, bf16 autocast when trainer.precision is bf16) and reports samples/s and
+the data-wait share: the host's time between the end of one step and the start of the next (taking
+the batch, starting its copy to the device) over the whole span, as bench/gpu_train.py measures it.
 """
 from __future__ import annotations
 
@@ -49,11 +55,12 @@ def _parse(args: list[str]) -> tuple[str | None, list[str], float]:
 def _timed_stages(stats):
     """Time the stages of ShardBatches._open where it calls them, in this process, its read-ahead
     thread and in forked workers. stats: shared doubles [file reads s, decode s, bytes read,
-    time inside the batch generator s, time the loader waited for reads s]."""
-    from .data import reader, tario
+    time inside the batch generator s, time the loader waited for reads s, time waited for ring slots s]."""
+    from .data import reader, ring, tario
 
     real = {name: getattr(reader, name) for name in ("read_shard_ahead", "sample_table", "gather_npy")}
-    real_read, real_iter = tario.read_shard, reader.ShardBatches.__iter__
+    real_read, real_iter = tario.read_shard, reader.ShardBatches._worker_batches
+    real_take = ring.SlotWriter.take
 
     def add(i: int, value: float) -> None:
         with stats.get_lock():
@@ -75,8 +82,8 @@ def _timed_stages(stats):
                 add(i, time.perf_counter() - t)
         return run
 
-    def timed_iter(self):
-        it = real_iter(self)
+    def timed_iter(self, worker):
+        it = real_iter(self, worker)
         while True:
             t = time.perf_counter()
             try:
@@ -87,19 +94,29 @@ def _timed_stages(stats):
             add(3, time.perf_counter() - t)
             yield batch
 
+    def take(self):  # a ring slot: its wait is the rank's pace, not the loader's work
+        before = self.waited
+        try:
+            return real_take(self)
+        finally:
+            add(5, self.waited - before)
+
     tario.read_shard = read_shard
     reader.read_shard_ahead = timed("read_shard_ahead", 4)
     reader.sample_table, reader.gather_npy = timed("sample_table", 1), timed("gather_npy", 1)
-    reader.ShardBatches.__iter__ = timed_iter
+    reader.ShardBatches._worker_batches = timed_iter
+    ring.SlotWriter.take = take
     try:
         yield
     finally:
         for name, fn in real.items():
             setattr(reader, name, fn)
-        tario.read_shard, reader.ShardBatches.__iter__ = real_read, real_iter
+        tario.read_shard, reader.ShardBatches._worker_batches = real_read, real_iter
+        ring.SlotWriter.take = real_take
 
 
-def _measure(cfg, urls, counts, workers: int, seconds: float) -> dict:
+def _loader(cfg, urls, counts, workers: int, epoch: list[int]):
+    """The dataset and DataLoader exactly as the DataModule builds them (ShardDataModule._loader)."""
     import torch
 
     from . import logs
@@ -108,16 +125,18 @@ def _measure(cfg, urls, counts, workers: int, seconds: float) -> dict:
 
     # Workers stamp their log records with the rank's tag, which only a training rank sets up.
     logs._state.setdefault("rank_tag", "bench-data")
-
     ds = ShardBatches(urls, counts, "train_shards", cfg.data.sample_key, cfg.spec, cfg.data.batch_size,
                       workers, 0, 1, cfg.seed, cfg.data.shuffle, 0, buffer_bytes=cfg.data.buffer_mb << 20,
                       shuffle_buffer=cfg.data.shuffle_buffer)
+    return ds, EpochDataLoader(ds, lambda: (epoch[0], 0), batch_size=None, num_workers=workers,
+                               pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                               multiprocessing_context="fork" if workers > 0 else None)
+
+
+def _measure(cfg, urls, counts, workers: int, seconds: float) -> dict:
     epoch = [0]
-    # exactly the DataModule's loader (datamodule.py: ShardDataModule._loader)
-    loader = EpochDataLoader(ds, lambda: (epoch[0], 0), batch_size=None, num_workers=workers,
-                             pin_memory=torch.cuda.is_available(), persistent_workers=False,
-                             multiprocessing_context="fork" if workers > 0 else None)
-    stats = multiprocessing.Array("d", 5)
+    ds, loader = _loader(cfg, urls, counts, workers, epoch)
+    stats = multiprocessing.Array("d", 6)
     samples = batches = 0
     with _timed_stages(stats):
         t0 = time.perf_counter()
@@ -133,13 +152,59 @@ def _measure(cfg, urls, counts, workers: int, seconds: float) -> dict:
                 del it  # stops the workers
             epoch[0] += 1
         wall = time.perf_counter() - t0
-    read, decode, nbytes, inside, waited = stats[:]
-    batching = max(0.0, (inside if workers else wall) - waited - decode)
+    read, decode, nbytes, inside, waited, slots = stats[:]
+    batching = max(0.0, (inside - slots if workers else wall) - waited - decode)
     busy = read + decode + batching
     return dict(workers=workers, samples=samples, batches=batches, wall=wall, nbytes=nbytes,
                 read=read / busy if busy else 0.0, decode=decode / busy if busy else 0.0,
                 batching=batching / busy if busy else 0.0, epochs=batches / len(ds),
                 hidden=1 - waited / read if read else 0.0)
+
+
+def train_steps(cfg, urls, counts, seconds: float, device: str) -> dict:
+    """The configured workers feeding training steps of the configured model on `device` for about
+    `seconds` (after 10 warm-up steps): samples/s and the host's share of time waiting for batches."""
+    import torch
+
+    from .model import AutoEncoder
+
+    m = cfg.model
+    model = AutoEncoder(m.input_dim, m.latent_dim, m.hidden_dims, m.activation, arch=m.arch,
+                        input_shape=m.input_shape, conv_channels=m.conv_channels).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
+    dtype = torch.bfloat16 if cfg.trainer.precision.startswith("bf16") else None
+    epoch, cuda = [0], device.startswith("cuda")
+    _, loader = _loader(cfg, urls, counts, cfg.data.num_workers, epoch)
+    steps, wait, t0, warm = 0, 0.0, None, 10
+    while t0 is None or time.perf_counter() - t0 < seconds:
+        it = iter(loader)
+        try:
+            ready = time.perf_counter()
+            for batch in it:
+                if t0 is not None:
+                    wait += time.perf_counter() - ready
+                x = model.inputs(batch.to(device, non_blocking=True))
+                with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+                    loss = torch.nn.functional.mse_loss(model(x), x)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps += 1
+                if steps == warm:
+                    if cuda:
+                        torch.cuda.synchronize()
+                    t0, steps = time.perf_counter(), 0
+                elif t0 is not None and time.perf_counter() - t0 >= seconds:
+                    break
+                ready = time.perf_counter()
+        finally:
+            del it
+        epoch[0] += 1
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    name = torch.cuda.get_device_name(torch.device(device)) if cuda else device
+    return dict(device=name, steps=steps, wall=wall, rate=steps * cfg.data.batch_size / wall, wait=wait / wall)
 
 
 def main(argv: list[str]) -> int:
@@ -151,7 +216,7 @@ def main(argv: list[str]) -> int:
 
     urls = list_shards(cfg.data.train_shards, "data.train_shards")
     counts, problems = sample_counts(urls, cfg.data.sample_key, "data.train_shards")
-    cfg.spec, _ = probe(urls, cfg.data.sample_key, "data.train_shards", cfg.data.count_timeout_s)
+    cfg.spec, spec_from = probe(urls, cfg.data.sample_key, "data.train_shards", cfg.data.count_timeout_s)
     total = sum(counts)
     size = sum(os.path.getsize(local_path(u)) for u in urls) if all(local_path(u) for u in urls) else 0
     print(f"bench-data: {len(urls)} shards, {total:,} samples ({size / 1e6:,.1f} MB), {cfg.data.sample_key} of "
@@ -173,9 +238,23 @@ def main(argv: list[str]) -> int:
     who = "one process delivers" if used["workers"] == 0 else f"{used['workers']} workers (data.num_workers) deliver"
     note = ""
     if len(runs) > 1 and runs[0]["rate"] > used["rate"]:
-        note = (f"; one process alone reads {runs[0]['rate'] / used['rate']:.1f}x faster here (handing batches "
-                "between processes costs more than the workers save on this machine)")
+        # Without workers the rank loads in the training step's own thread (load + step per batch);
+        # workers load while the step runs (the slower of the two per batch).
+        extra = 1000 * cfg.data.batch_size * (1 / used["rate"] - 1 / runs[0]["rate"])
+        note = (f"; one process alone reads {runs[0]['rate'] / used['rate']:.1f}x faster here, but it loads in the "
+                f"training step's own thread: the workers, loading while the step runs, are faster for any step "
+                f"longer than {extra:.2f} ms")
     print(f"verdict: {who} {used['rate']:,.0f} samples/s per rank ({used['rate'] / cfg.data.batch_size:,.0f} batches "
           f"of {cfg.data.batch_size}/s): the GPU waits for data when its training step takes less than "
           f"{step_ms:.2f} ms; most loader time goes to {stage} ({used[stage]:.0%}){note}")
+    import torch
+
+    if torch.cuda.is_available() and cfg.data.num_workers > 0:
+        from .data.splits import fit_model
+
+        fit_model(cfg.model, cfg.spec, spec_from)
+        g = train_steps(cfg, urls, counts, seconds, "cuda")
+        print(f"gpu: {g['device']}: {cfg.data.num_workers} workers feeding the {cfg.model.arch} autoencoder "
+              f"(batch {cfg.data.batch_size}, {cfg.trainer.precision}): {g['rate']:,.0f} samples/s, "
+              f"{g['steps'] / g['wall']:,.1f} steps/s; data wait {g['wait']:.1%} of the time")
     return 0

@@ -12,6 +12,7 @@ from .. import stacks
 from ..config import DataConfig
 from .plan import batches_per_rank
 from .reader import ShardBatches
+from .ring import SlotRing
 from .splits import DataFacts
 
 log = logging.getLogger(__name__)
@@ -21,9 +22,10 @@ warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__`
 
 
 class ShardDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: DataConfig, facts: DataFacts, seed: int, rank: int = 0):
+    def __init__(self, cfg: DataConfig, facts: DataFacts, seed: int, rank: int = 0, ring_slots: int | None = None):
         super().__init__()
         self.cfg, self.facts, self.seed, self.rank = cfg, facts, seed, rank
+        self.ring_slots = ring_slots  # batch ring slots per worker (EpochDataLoader); 0: the DataLoader's hand-over
         self.train_set: ShardBatches | None = None
         self.val_set: ShardBatches | None = None
         self._reported = False
@@ -53,7 +55,8 @@ class ShardDataModule(pl.LightningDataModule):
 
     def _loader(self, ds: ShardBatches) -> DataLoader:
         # batch_size=None: workers yield whole batches; fork keeps the rank's log handlers in workers.
-        return EpochDataLoader(ds, self._epoch_state if ds.name == "train_shards" else self._val_state, batch_size=None,
+        return EpochDataLoader(ds, self._epoch_state if ds.name == "train_shards" else self._val_state,
+                               ring_slots=self.ring_slots, batch_size=None,
                                num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(),
                                persistent_workers=False, worker_init_fn=_worker_init,
                                multiprocessing_context="fork" if self.cfg.num_workers > 0 else None)
@@ -88,14 +91,40 @@ class EpochDataLoader(DataLoader):
 
     Lightning creates the epoch's iterator after `on_train_epoch_start` (for epoch 0 and after a
     resume, during setup with the restored epoch), so `state_fn()` gives the epoch about to run.
+
+    With forked workers, batches cross through a ring of reused shared slots (ring.py): `ring_slots`
+    per worker (None: prefetch_factor + 3, the batches a worker may have queued, the two Lightning's
+    prefetching fetcher holds, and the one being filled; 0: the DataLoader's own hand-over). The ring
+    is made once, before the first fork, and serves every epoch; `pin_memory` then pins the ring once
+    instead of copying each batch into pinned memory.
     """
 
-    def __init__(self, dataset: ShardBatches, state_fn, **kwargs):
+    def __init__(self, dataset: ShardBatches, state_fn, ring_slots: int | None = None, **kwargs):
+        workers = kwargs.get("num_workers", 0)
+        ctx = kwargs.get("multiprocessing_context")  # the ring is inherited through fork only
+        fork = (ctx if isinstance(ctx, str) or ctx is None else ctx.get_start_method()) == "fork"
+        if ring_slots is None:
+            ring_slots = (kwargs.get("prefetch_factor") or 2) + 3
+        self._ring_slots = ring_slots if workers > 0 and fork and ring_slots > 0 else 0
+        self._pin = bool(kwargs.get("pin_memory")) and self._ring_slots > 0
+        if self._pin:
+            kwargs["pin_memory"] = False  # the ring is pinned itself: no per-batch copy into pinned memory
         super().__init__(dataset, **kwargs)
         self._state_fn = state_fn
+        self.ring: SlotRing | None = None
 
     def __iter__(self):
         epoch, done = self._state_fn()
         self.dataset.set_epoch(epoch)
         self.dataset.skip_batches = done
-        return super().__iter__()
+        if not self._ring_slots:
+            return super().__iter__()
+        if self.ring is None:
+            spec = self.dataset.spec
+            self.ring = SlotRing(self.num_workers, self._ring_slots, (self.dataset.batch_size, *spec.shape),
+                                 spec.dtype, pin=self._pin)
+            self.dataset.ring = self.ring
+            log.debug("Batch ring for %s: %d workers x %d slots of %d bytes (%.1f MB)%s", self.dataset.name,
+                      self.num_workers, self._ring_slots, self.ring.slot_bytes, self.ring.nbytes / 2**20,
+                      ", pinned" if self.ring.pinned else "")
+        return self.ring.iterate(super().__iter__, start=done)

@@ -3,7 +3,9 @@
 Stages, in order: plan (equal batches per rank) -> this rank -> this worker -> read shard -> pick the
 sample range -> shuffle inside it -> decode into a preallocated batch -> batch. Batches are built
 here, inside the worker, so the rank's main process only receives tensors: float32 (B, *shape) for
-arrays, uint8 (B, C, H, W) for images (scaled on the device).
+arrays, uint8 (B, C, H, W) for images (scaled on the device). With a batch ring (ring.py, set up by
+EpochDataLoader) a worker gathers or decodes each batch straight into a reused shared slot and
+yields only its `Slot`; the rank turns it into a tensor view.
 
 Two ways to read a shard. The fast path, for local uncompressed `.npy` shards no larger than
 data.buffer_mb: the whole file in one reused buffer (the next one read ahead), its rows gathered by
@@ -16,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -42,22 +45,22 @@ class NoReadableSamples(RuntimeError):
 class _Batcher:
     """Fills preallocated batches slot by slot (rows in blocks, members one by one)."""
 
-    def __init__(self, spec: SampleSpec, batch_size: int):
+    def __init__(self, spec: SampleSpec, batch_size: int, new=None):
         self.spec, self.batch_size = spec, batch_size
-        self.cur = self._new()
+        self._new = new or (lambda: np.empty((batch_size, *spec.shape), spec.dtype))
+        self.cur: np.ndarray | None = None  # taken when its first sample comes: a ring slot only while filled
         self.fill = 0
 
-    def _new(self) -> np.ndarray:
-        return np.empty((self.batch_size, *self.spec.shape), self.spec.dtype)
-
     def _full(self) -> np.ndarray:
-        out, self.cur, self.fill = self.cur, self._new(), 0
+        out, self.cur, self.fill = self.cur, None, 0
         return out
 
     def add_rows(self, rows: np.ndarray):
         """Copy rows (n, size) into batches; yields each batch as it fills."""
         pos = 0
         while pos < len(rows):
+            if self.cur is None:
+                self.cur = self._new()
             take = min(self.batch_size - self.fill, len(rows) - pos)
             self.cur.reshape(self.batch_size, -1)[self.fill:self.fill + take] = rows[pos:pos + take]
             self.fill += take
@@ -66,6 +69,8 @@ class _Batcher:
                 yield self._full()
 
     def add_member(self, key: str, data: bytes):
+        if self.cur is None:
+            self.cur = self._new()
         try:
             decode_into(self.spec, data, self.cur[self.fill])
         except ShardError as e:
@@ -94,6 +99,9 @@ class ShardBatches(IterableDataset):
         self.errors = multiprocessing.Value("i", 0)
         self.plan_errors = 0  # shards found broken when counted (set by the DataModule)
         self.skip_batches = 0  # batches of this epoch already trained (a mid-epoch resume)
+        # Set by EpochDataLoader before the workers fork: workers fill its slots and yield Slots (ring.py).
+        self.ring = None
+        self._writer = None
         self._announced = False
 
     def set_epoch(self, epoch: int) -> None:
@@ -117,17 +125,41 @@ class ShardBatches(IterableDataset):
         if info is not None:
             logs.set_worker(worker, num)
             log.info("Worker started pid=%d", os.getpid())
+        if self.ring is not None and info is not None:
+            # The whole epoch in this first fetch: batches go into ring slots, the rank takes them there.
+            # After a resume the ring reads worker skip_batches % K first, so worker w keeps its own plan.
+            skip = len(range(worker, self.skip_batches, num))
+            self._log_skip(skip)
+            self._writer = self.ring.writer(worker)
+            self._writer.feed(self._kept(self._worker_batches(worker), skip))
+            return
         # The DataLoader takes batch i of an iterator from worker i % K, and epoch batch j came from plan
         # worker j % K. A resumed iterator starts at epoch batch `skip_batches`, so its worker w serves
         # plan worker (w + skip_batches) % K, minus that plan's batches already trained: the epoch goes
         # on in the same data order whatever the skip count.
         plan_worker = (worker + self.skip_batches) % num
         skip = len(range(plan_worker, self.skip_batches, num))
-        if skip:
-            log.info("Resuming mid-epoch %d: skipping the %d batch(es) of this worker already trained", self.epoch, skip)
+        self._log_skip(skip)
         for i, batch in enumerate(self._worker_batches(plan_worker)):
             if i >= skip:
                 yield torch.from_numpy(batch)
+
+    def _log_skip(self, skip: int) -> None:
+        if skip:
+            log.info("Resuming mid-epoch %d: skipping the %d batch(es) of this worker already trained", self.epoch, skip)
+
+    def _kept(self, batches, skip: int):
+        for i, batch in enumerate(batches):
+            if i >= skip:
+                yield batch
+            else:
+                self._writer.drop(batch)
+
+    def _new_batch(self) -> np.ndarray:
+        """Where the next batch is built: a free ring slot in a ring worker, else new memory."""
+        if self._writer is not None:
+            return self._writer.take()
+        return np.empty((self.batch_size, *self.spec.shape), self.spec.dtype)
 
     def _fast(self, url: str) -> bool:
         """Local, uncompressed, `.npy`, and small enough to hold whole."""
@@ -145,7 +177,7 @@ class ShardBatches(IterableDataset):
                  wp.shards, len(self.urls), self.name, self.epoch, wp.samples, wp.batches)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         t0, produced, samples, errors = time.perf_counter(), 0, 0, 0
-        batcher, last = _Batcher(self.spec, self.batch_size), None
+        batcher, last = _Batcher(self.spec, self.batch_size, self._new_batch), None
         for k, piece in enumerate(wp.pieces):
             url, t_shard, n = self.urls[piece.shard], time.perf_counter(), 0
             following = wp.pieces[k + 1].shard if k + 1 < len(wp.pieces) else None
@@ -197,16 +229,29 @@ class ShardBatches(IterableDataset):
             for batch in batcher.add_rows(rows[order[:pos]]):
                 limit -= 1
                 yield batch
+        if self._writer is not None and limit > 0 and pos + self.batch_size <= len(rows):
+            # Gathered straight into ring slots by torch (np.take into `out` is 100x slower on these strided rows).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # rows is a read-only view of the shard buffer: only read
+                src, index = torch.from_numpy(rows), torch.from_numpy(order)
         while limit > 0 and pos + self.batch_size <= len(rows):
             limit -= 1
-            yield rows[order[pos:pos + self.batch_size]].reshape(shape)
+            if self._writer is None:
+                yield rows[order[pos:pos + self.batch_size]].reshape(shape)
+            else:
+                out = self._writer.take()
+                torch.index_select(src, 0, index[pos:pos + self.batch_size],
+                                   out=torch.from_numpy(out).view(self.batch_size, -1))
+                yield out
             pos += self.batch_size
         if limit > 0 and pos < len(rows):
             yield from batcher.add_rows(rows[order[pos:]])  # less than a batch: never completes one
 
     def _padding(self, batcher: _Batcher, last: np.ndarray | None, missing: int):
         """`missing` batches of real samples: the partial batch topped up from the last full one, or
-        its own samples repeated; with nothing read at all, samples of any readable shard of the split."""
+        its own samples repeated; with nothing read at all, samples of any readable shard of the split.
+        In a ring worker `last` is a slot that may have been filled again since it was handed over:
+        every row of it is still a real sample of this worker (slots are only ever published full)."""
         if last is None and batcher.fill == 0:
             last = self._any_real_batch()
         have = batcher.cur[:batcher.fill].copy() if batcher.fill else last[:0]

@@ -1,0 +1,396 @@
+"""Batches cross from DataLoader workers through reused shared-memory slots, not a new segment each.
+
+The stock DataLoader moves every batch through a fresh shared-memory segment (allocate, map, fault
+in, pass its file descriptor, unmap), a pickle and two queue hops with their feeder threads. Here the
+rank makes, before the workers fork, one anonymous shared mapping (MAP_SHARED: no /dev/shm name, so
+nothing can leak there) with `slots` batch-sized slots per worker, and two semaphores per worker:
+`ready` (batches published, not yet taken by the rank) and `free` (slots the worker may fill).
+
+A worker runs its whole epoch inside the DataLoader's first fetch: it takes a free slot, gathers or
+decodes the batch straight into it, writes the slot's number into its table and posts `ready`; at the
+end it posts an end mark (or a failure mark before its exception propagates). The DataLoader still
+does the control: worker processes, worker_init_fn, worker start/stop, the exception with the
+worker's traceback (the rank drains the DataLoader's iterator once a worker reports failure), dead
+workers (its SIGCHLD handler and the same is_alive check on each wait), clean shutdown. The rank
+takes batches in the DataLoader's order (round robin over the workers that have batches left) and
+wraps each slot as a tensor view: no pickle, no copy, no queue hop, no system call while the
+workers keep ahead.
+
+A slot goes back to its worker when no tensor of the rank uses it any more: every hand-out gets its
+own storage over the slot's memoryview, so the memoryview's reference count says whether any view,
+however derived, is still alive (Lightning's prefetcher holds one batch ahead; a callback may keep
+one longer; a slot is never rewritten under either). The rank checks this before it takes the next
+batch. While the rank holds `slots - 2` live views of one worker, that worker's next batches are
+handed out as copies, so the worker always has a slot to fill and the two sides never wait on each
+other. With `pin`, the mapping is page-locked once (cudaHostRegister) so `.to(device,
+non_blocking=True)` is a real asynchronous copy; a slot whose views died is then freed after a CUDA
+event recorded on the current stream has passed (the copy from it was queued before), by a thread,
+so that the rank never blocks on the device.
+
+Control words (int64, in the mapping): released[w, s] = the last hand-out of slot s the rank is done
+with (the worker counts its own, a slot is free when both agree; -1: still used from an earlier
+epoch), table[w, k] = the slot of the worker's k-th batch (mod slots + 1; -1 end, -2 failed), closed.
+The semaphores order the writes (post releases, wait acquires), on any CPU.
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import multiprocessing
+import os
+import queue
+import sys
+import threading
+import time
+import weakref
+from typing import Iterable
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+PAGE = mmap.PAGESIZE
+END, FAILED = -1, -2
+POLL_S = 0.05  # waits check for closed rings, dead workers and a dead rank this often
+
+
+class RingClosed(RuntimeError):
+    """The rank shut the iterator down while this worker waited for a free slot."""
+
+
+def _round_up(n: int) -> int:
+    return -(-n // PAGE) * PAGE
+
+
+class SlotRing:
+    """`slots` slots of one batch (`shape`, `dtype`) per worker, in one mapping made before the fork."""
+
+    def __init__(self, workers: int, slots: int, shape: tuple[int, ...], dtype, pin: bool = False):
+        if workers < 1 or slots < 3:
+            raise ValueError(f"a ring needs >= 1 worker and >= 3 slots per worker, got {workers} and {slots}")
+        self.workers, self.slots = workers, slots
+        self.shape, self.dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+        self.torch_dtype = torch.from_numpy(np.empty(0, self.dtype)).dtype
+        self.count = int(np.prod(self.shape))
+        self.slot_bytes = self.count * self.dtype.itemsize
+        n, self._period = workers * slots, slots + 1
+        words = n + workers * self._period + 1
+        self._stride, self._data_at = _round_up(self.slot_bytes), _round_up(words * 8)
+        self.nbytes = self._data_at + n * self._stride
+        self._mm = mmap.mmap(-1, self.nbytes)  # anonymous, MAP_SHARED: forked workers write the same pages
+        ctrl = np.frombuffer(self._mm, np.int64, words)
+        self._released, self._table, self._closed = ctrl[:n], ctrl[n:-1].reshape(workers, self._period), ctrl[-1:]
+        self._views = [memoryview(self._mm)[self._offset(i):self._offset(i) + self.slot_bytes] for i in range(n)]
+        self._baseline = sys.getrefcount(self._views[0])  # the list's reference + getrefcount's argument
+        self._given = [0] * n  # hand-outs of each slot in this epoch (the worker counts the same)
+        self._held: list[tuple[int, int]] = []  # (slot, hand-out) given as views, maybe still alive
+        self._live = [0] * workers  # entries of _held per worker
+        self.copies = 0  # batches handed out as copies (the rank kept too many views of one worker)
+        self._ready: list = []
+        self._free: list = []
+        self._active = None  # weakref to the RingIterator whose workers write now
+        self._releaser: _Releaser | None = None
+        self.pinned = bool(pin and torch.cuda.is_available() and _register(self._address(), self.nbytes))
+
+    def _offset(self, flat: int) -> int:
+        return self._data_at + flat * self._stride
+
+    def _address(self) -> int:
+        return np.frombuffer(self._mm, np.uint8, 1).ctypes.data
+
+    def slot_array(self, flat: int) -> np.ndarray:
+        """A numpy view (B, *shape) of one slot: the worker writes through it."""
+        return np.frombuffer(self._mm, self.dtype, self.count, self._offset(flat)).reshape(self.shape)
+
+    def writer(self, worker: int) -> "SlotWriter":
+        """In a worker: its side of the ring."""
+        return SlotWriter(self, worker)
+
+    def iterate(self, make_iter, start: int = 0) -> "RingIterator":
+        """In the rank: start an epoch; `make_iter()` is the DataLoader's own iterator (it forks).
+        `start`: batches of the epoch already trained (a resume; each worker skipped its share), so
+        the first batch comes from worker start % workers, as in the uninterrupted epoch."""
+        return RingIterator(self, make_iter, start)
+
+    # ---- the rank's side ----
+    def _begin(self, it: "RingIterator") -> None:
+        """Before the workers fork: all slots free but those whose views are still alive."""
+        old = self._active() if self._active else None
+        if old is not None:
+            old.close()  # one set of workers writes at a time
+        if self._releaser is not None:
+            self._releaser.drain()  # no late release of an old hand-out into the new epoch
+        self._reclaim()
+        self._released[:] = 0
+        self._table[:] = 0
+        self._closed[0] = 0
+        self._given = [0] * len(self._given)
+        busy = [0] * self.workers
+        self._held = [(flat, 0) for flat, _ in self._held]
+        for flat, _ in self._held:  # still used by the rank: not free for the new workers until dropped
+            self._released[flat] = -1
+            busy[flat // self.slots] += 1
+        ctx = multiprocessing.get_context("fork")
+        self._ready = [ctx.Semaphore(0) for _ in range(self.workers)]
+        self._free = [ctx.Semaphore(self.slots - busy[w]) for w in range(self.workers)]
+        self._active = weakref.ref(it)
+
+    def _release(self, flat: int, given: int) -> None:
+        self._released[flat] = given
+        self._free[flat // self.slots].release()
+
+    def _reclaim(self) -> None:
+        """Give back the slots whose views no tensor uses any more."""
+        keep = []
+        for flat, given in self._held:
+            if sys.getrefcount(self._views[flat]) > self._baseline:
+                keep.append((flat, given))
+                continue
+            self._live[flat // self.slots] -= 1
+            if self.pinned and torch.cuda.is_initialized():
+                if self._releaser is None:
+                    self._releaser = _Releaser(self)
+                self._releaser.after_event(flat, given)
+            else:
+                self._release(flat, given)
+        self._held = keep
+
+    def _hand_out(self, worker: int, slot: int) -> torch.Tensor:
+        flat = worker * self.slots + slot
+        self._given[flat] += 1
+        given = self._given[flat]
+        if self._live[worker] >= self.slots - 2:  # the rank keeps many: a copy, so the worker has a slot
+            self.copies += 1
+            out = torch.from_numpy(self.slot_array(flat).copy())
+            self._release(flat, given)
+            return out
+        self._live[worker] += 1
+        self._held.append((flat, given))
+        return torch.frombuffer(self._views[flat], dtype=self.torch_dtype).view(self.shape)
+
+    def close(self) -> None:
+        """Stop the workers and the releaser, unpin; the memory stays until its last view is gone."""
+        old = self._active() if self._active else None
+        if old is not None:
+            old.close()
+        if self._releaser is not None:
+            self._releaser.stop()
+            self._releaser = None
+        if self.pinned:
+            self.pinned = not _unregister(self._address())
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: modules may be gone already
+            pass
+
+
+class SlotWriter:
+    """A worker's side: take a free slot, fill it, publish it; then an end or failure mark."""
+
+    def __init__(self, ring: SlotRing, worker: int):
+        self.ring, self.worker = ring, worker
+        self._first = worker * ring.slots
+        self._arrays = [ring.slot_array(self._first + s) for s in range(ring.slots)]
+        self._issued = [0] * ring.slots  # hand-outs of each slot; free when the rank released as many
+        self._taken: dict[int, int] = {}  # data address -> slot, being filled
+        self._spare: list[int] = []  # taken and dropped (skipped on resume): free without a wait
+        self._ready, self._free = ring._ready[worker], ring._free[worker]
+        self._published = 0
+        self._parent = os.getppid()
+        self.waited = 0.0  # seconds spent waiting for a free slot (the rank is slower than this worker)
+
+    def take(self) -> np.ndarray:
+        """A free slot (B, *shape) to fill; waits while the rank still uses all of them."""
+        if self.ring._closed[0]:
+            raise RingClosed("the rank closed the batch ring")
+        if self._spare:
+            s = self._spare.pop()
+        else:
+            if not self._free.acquire(False):
+                t0 = time.perf_counter()
+                while not self._free.acquire(timeout=POLL_S):
+                    if self.ring._closed[0]:
+                        raise RingClosed("the rank closed the batch ring")
+                    if os.getppid() != self._parent:
+                        raise SystemExit(0)  # the rank died: nobody will free a slot
+                self.waited += time.perf_counter() - t0
+            busy = set(self._taken.values())
+            released = self.ring._released
+            s = next(s for s in range(self.ring.slots)
+                     if released[self._first + s] == self._issued[s] and s not in busy)
+        arr = self._arrays[s]
+        self._taken[arr.ctypes.data] = s
+        return arr
+
+    def publish(self, batch: np.ndarray) -> None:
+        """Hand `batch` to the rank: its slot when it was filled in place, else a copy into a free one."""
+        s = self._taken.pop(batch.ctypes.data, None) if batch.shape == self.ring.shape else None
+        if s is None:
+            arr = self.take()
+            arr[...] = batch
+            s = self._taken.pop(arr.ctypes.data)
+        self._issued[s] += 1
+        self._mark(s)
+
+    def drop(self, batch: np.ndarray) -> None:
+        """`batch` will not be published (skipped on resume): its slot is free again."""
+        s = self._taken.pop(batch.ctypes.data, None)
+        if s is not None:
+            self._spare.append(s)
+
+    def _mark(self, value: int) -> None:
+        self.ring._table[self.worker, self._published % self.ring._period] = value
+        self._published += 1
+        self._ready.release()  # after the slot's data and the table entry
+
+    def feed(self, batches: Iterable[np.ndarray]) -> None:
+        """Publish every batch, then the end mark; a failure mark before an exception propagates
+        (the DataLoader carries it to the rank with this worker's traceback)."""
+        try:
+            for batch in batches:
+                self.publish(batch)
+        except RingClosed:
+            return  # the rank stopped: end quietly
+        except BaseException:
+            self._mark(FAILED)
+            raise
+        self._mark(END)
+        log.debug("Batch ring: %d batches handed over, %.3fs waiting for the rank to free a slot",
+                  self._published - 1, self.waited)
+
+
+class RingIterator:
+    """The rank's iterator: batches from the workers' slots as tensor views, in the DataLoader's order."""
+
+    def __init__(self, ring: SlotRing, make_iter, start: int = 0):
+        self._ring = ring
+        ring._begin(self)
+        self._inner = make_iter()  # forks the workers; each starts its epoch on its first fetch
+        self._left = list(range(ring.workers))  # workers with batches left, in turn order
+        self._turn = start % ring.workers
+        self._taken = [0] * ring.workers
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        ring = self._ring
+        if ring._held:
+            ring._reclaim()
+        while self._left and self._inner is not None:
+            worker = self._left[self._turn]
+            value = self._next_data(worker)
+            if value >= 0:
+                self._turn = (self._turn + 1) % len(self._left)
+                return ring._hand_out(worker, value)
+            del self._left[self._turn]  # the next worker moves into this turn
+            self._turn = self._turn % len(self._left) if self._left else 0
+            if value == FAILED:
+                self._raise_failure()
+        return self._finish()
+
+    def _next_data(self, worker: int) -> int:
+        """The table entry of this worker's next batch, once it is published. (The DataLoader's name for
+        this wait: `ae-train diagnose` tells a main thread waiting for data by it in stack dumps.)"""
+        ready = self._ring._ready[worker]
+        if not ready.acquire(False):
+            while not ready.acquire(timeout=POLL_S):
+                self._check_alive()
+        k = self._taken[worker]
+        self._taken[worker] = k + 1
+        return int(self._ring._table[worker, k % self._ring._period])
+
+    def _check_alive(self) -> None:
+        dead = [w for w in getattr(self._inner, "_workers", ()) if not w.is_alive()]
+        if dead:  # the DataLoader's own words (its SIGCHLD handler usually raises first)
+            raise RuntimeError(f"DataLoader worker (pid(s) {', '.join(str(w.pid) for w in dead)}) exited unexpectedly")
+
+    def _raise_failure(self) -> None:
+        """A worker failed: stop the others, then let the DataLoader raise the worker's exception."""
+        self._ring._closed[0] = 1
+        for _ in self._inner:  # the other workers end quietly; the failed one's exception is raised here
+            pass
+        raise RuntimeError("a DataLoader worker failed without an exception")
+
+    def _finish(self):
+        """All workers ended: the DataLoader's iterator ends too (and stops its workers)."""
+        if self._inner is not None:
+            for item in self._inner:
+                raise RuntimeError(f"a ring worker yielded {type(item).__name__} instead of filling slots")
+            self._inner = None
+            if self._ring.copies:
+                log.debug("Batch ring: %d batches handed over as copies so far: the training step kept more "
+                          "than %d batches of one worker alive", self._ring.copies, self._ring.slots - 2)
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop this iterator's workers (also those waiting for a free slot)."""
+        inner, self._inner = self._inner, None
+        if inner is None:
+            return
+        self._ring._closed[0] = 1
+        shutdown = getattr(inner, "_shutdown_workers", None)  # the DataLoader's own clean shutdown
+        if shutdown is not None:
+            shutdown()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class _Releaser:
+    """Frees pinned slots once the device has copied from them: waits on CUDA events in a thread."""
+
+    def __init__(self, ring: SlotRing):
+        self._ring, self._queue = ring, queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ae-train-ring-releaser", daemon=True)
+        self._thread.start()
+
+    def after_event(self, flat: int, given: int) -> None:
+        event = torch.cuda.Event()
+        event.record()  # on the current stream: after the copy of this slot to the device
+        self._queue.put((event, flat, given))
+
+    def drain(self) -> None:
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            event, flat, given = item
+            event.synchronize()  # releases the GIL
+            self._ring._release(flat, given)
+
+
+def _register(address: int, nbytes: int) -> bool:
+    """Page-lock the ring once, so that copies from it to the device run asynchronously."""
+    try:
+        err = torch.cuda.cudart().cudaHostRegister(address, nbytes, 0)
+    except Exception as e:  # no CUDA runtime bindings: copies stay synchronous
+        log.warning("Could not pin the batch ring (%d MB): %s; device copies will not overlap", nbytes >> 20, e)
+        return False
+    if int(err) != 0:
+        log.warning("Could not pin the batch ring (%d MB): cudaHostRegister error %s", nbytes >> 20, err)
+        return False
+    return True
+
+
+def _unregister(address: int) -> bool:
+    try:
+        return int(torch.cuda.cudart().cudaHostUnregister(address)) == 0
+    except Exception:
+        return False
