@@ -44,6 +44,9 @@ class DataConfig:
     """Local uncompressed `.npy` shards up to this size are read whole into a reused buffer (the fast
     path; a worker holds two: one read, one read ahead). Larger shards, and every remote or
     compressed one, are streamed."""
+    ring_slots: int = -1
+    """Batches cross from DataLoader workers through a ring of this many reused shared-memory slots
+    per worker (-1: prefetch factor + 3; 0: the DataLoader's own per-batch hand-over)."""
     shuffle_buffer: int = 1000
     """Streamed shards are shuffled through a buffer of this many samples (raw, undecoded members)."""
     count_timeout_s: int = 300
@@ -318,6 +321,8 @@ def validate(cfg: Config) -> None:
          "model.conv_channels must be a non-empty list of values >= 1"),
         (cfg.data.buffer_mb >= 0, "data.buffer_mb must be >= 0"),
         (cfg.data.shuffle_buffer >= 1, "data.shuffle_buffer must be >= 1"),
+        (cfg.data.ring_slots == -1 or cfg.data.ring_slots == 0 or cfg.data.ring_slots >= 3,
+         "data.ring_slots must be -1 (auto), 0 (off) or >= 3"),
         (cfg.data.count_timeout_s >= 1, "data.count_timeout_s must be >= 1"),
         (cfg.model.latent_dim >= 1, "model.latent_dim must be >= 1"),
         (all(h >= 1 for h in cfg.model.hidden_dims), "model.hidden_dims must all be >= 1"),
