@@ -411,14 +411,14 @@ def test_diagnose_plot_writes_png(logs, tmp_path, capsys):
     out = tmp_path / "timeline.png"
     assert main([str(logs), "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from ae_train.diagnose_plot import draw
+    from ae_train.diagnose.plot import draw
     legend = [t.get_text() for t in draw(diagnose_run(logs, now=NOW)).axes[0].get_legend().get_texts()]
     assert "silent (no progress)" in legend  # rank 0 went silent while rank 1 went on: a stalled run
 
 
 def test_diagnose_plot_finished_run_is_not_silent_and_time_labels_differ(logs):
     pytest.importorskip("matplotlib")
-    from ae_train.diagnose_plot import draw
+    from ae_train.diagnose.plot import draw
     rls = finished_run(logs)
     rls[0].line("INFO", "late line of rank 0", dt=300)  # rank 1 ended 5 minutes before the run did
     fig = draw(diagnose_run(logs, now=NOW))
@@ -432,7 +432,7 @@ def test_diagnose_plot_finished_run_is_not_silent_and_time_labels_differ(logs):
 def test_diagnose_plot_time_labels_as_fine_as_needed():
     from datetime import timedelta
 
-    from ae_train.diagnose_plot import _time_labels
+    from ae_train.diagnose.plot import _time_labels
     t0, t1 = datetime(2026, 11, 29, 23, 59, 58), datetime(2026, 11, 29, 10, 0, 0)
     assert _time_labels([t1 + timedelta(minutes=i) for i in range(3)]) == ["10:00", "10:01", "10:02"]
     assert _time_labels([t1 + timedelta(seconds=20 * i) for i in range(3)]) == ["10:00:00", "10:00:20", "10:00:40"]

@@ -205,7 +205,7 @@ def test_diagnose_speed_slow_forward_rank_is_a_compute_straggler(runs, tmp_path,
                                                                    "source": "progress lines"}
     assert re.search(r"time split slowest rank 1: data wait [\d.]+%, forward", run.text("train_*.log"))
     pytest.importorskip("matplotlib")
-    from ae_train.diagnose_plot import draw
+    from ae_train.diagnose.plot import draw
     fig = draw(rep)
     fig.canvas.draw()
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
