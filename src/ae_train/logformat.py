@@ -98,7 +98,7 @@ DUMP = Message("Stack dump of %s (pid %d), reason: %s", ("rank 1", 1234, "hang")
                re.compile(rb"Stack dump of (.*?)(?: \(pid (\d+)\))?, reason: (.*)"))
 # A dump's body, faulthandler's layout: per thread a header, then its frames innermost first.
 DUMP_THREAD = "Thread 0x%x (%s) (most recent call first):"
-DUMP_FRAME = '  File "%s", line %d in %s'
+DUMP_FRAME = '  File "%s", line %s in %s'  # %s: a frame's line number may be None
 DUMP_SOURCE = "    %s"
 DUMP_THREAD_HEADS = (b"Thread 0x", b"Current thread 0x")  # the second: faulthandler's own dumps
 DUMP_FRAME_HEAD = b"File "

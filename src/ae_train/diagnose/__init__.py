@@ -3,7 +3,8 @@
 Standard library only and log files only: it has to start at once on a login node beside a hung job,
 where importing torch takes longer than the diagnosis. Imports run one way:
 parse (log files -> per-rank records) <- speed (straggler rules) <- rules (records -> findings)
-<- report (text) <- this module (diagnose_run, the CLI); plot (matplotlib, optional) reads the report.
+<- report (JSON and text) <- this module (diagnose_run, the CLI); plot (matplotlib, optional) draws
+the JSON report.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import sys
 import time
 
 from ae_train.diagnose.parse import DiagnoseError, find_runs, resolve_run, scan_run
-from ae_train.diagnose.report import format_text
-from ae_train.diagnose.rules import build
+from ae_train.diagnose.report import as_json, format_text
+from ae_train.diagnose.rules import judge
 
 __all__ = ["DiagnoseError", "diagnose_run", "find_runs", "format_report", "main", "resolve_run"]
 STALL_AFTER = 300.0  # seconds without progress called stuck by default: longer than any normal step or save
@@ -30,7 +31,7 @@ def diagnose_run(logs_dir, run: str | None = None, *, now: float | None = None, 
     logs, run, files = resolve_run(logs_dir, run)
     t0, now = time.perf_counter(), time.time() if now is None else now
     ranks, train = scan_run(files, jobs)
-    report = build(logs, run, ranks, train, now, stall_after)
+    report = as_json(judge(logs, run, ranks, train, now, stall_after))
     report["scan_seconds"] = round(time.perf_counter() - t0, 3)
     return report
 

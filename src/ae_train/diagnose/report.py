@@ -1,13 +1,26 @@
-"""The report of `ae-train diagnose` as text for a terminal: the per-rank table, then the verdict.
-
-The JSON form is the report dict itself (rules.build); this module only renders it.
+"""The report of `ae-train diagnose`: the rules' verdict as a JSON-ready dict (`--json`, collect's
+diagnose.json, the plot), and that dict as text for a terminal: the per-rank table, then the findings.
 """
 from __future__ import annotations
 
-from ae_train.diagnose.parse import fmt_age
+from ae_train.diagnose.records import fmt_age, fmt_time
+from ae_train.diagnose.rules import Verdict
 from ae_train.diagnose.speed import split_cell
 
 MARK = {"error": "!!", "warning": " !", "info": " -"}
+
+
+def as_json(v: Verdict) -> dict:
+    """The report's JSON form (its keys are a contract: scripts and collect's bundle read them)."""
+    train = v.train
+    return {"logs_dir": str(v.logs), "run": v.run, "now": fmt_time(v.now), "state": v.state,
+            "world_size": v.world or None, "missing_ranks": v.missing, "stall_after_s": round(v.stall, 1),
+            "newest_time": fmt_time(v.newest), "idle_s": v.idle and round(v.idle, 1),
+            "train_log": train and {"file": train.file, "lines": train.lines, "last_time": fmt_time(v.train_t),
+                                    "finished": train.finished and train.finished.text,
+                                    "launcher": [[fmt_time(t), m] for t, m in train.launcher]},
+            "ranks": [v.rows[r] for r in sorted(v.rows)], "findings": v.findings, "speed": v.speed,
+            "verdict": v.findings[0]["message"].split("\n")[0] if v.findings else ""}
 
 
 def format_text(report: dict) -> str:

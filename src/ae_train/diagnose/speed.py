@@ -1,4 +1,5 @@
-"""Why a run is slow (diagnose's straggler rules): `ae-train diagnose` compares the ranks' time splits and names the straggler.
+"""Why a run is slow (the straggler rules): `ae-train diagnose` compares the ranks' time splits and names
+the straggler.
 
 Every progress line splits its interval into data wait, forward, backward, optimizer and other
 (callbacks/step_split.py). In DDP all ranks go at the pace of the slowest: the fast ranks spend the
@@ -17,7 +18,8 @@ from __future__ import annotations
 import statistics
 
 from ae_train import logformat as lf
-from ae_train.diagnose.parse import RankLog, TrainLog, text
+from ae_train.diagnose.parse import RankLog
+from ae_train.diagnose.records import TrainLog, text
 
 PARTS = ("data_wait", "forward", "backward", "optimizer", "other")
 GAP = 15.0         # percentage points by which a straggler's share exceeds the others' median ...
@@ -68,8 +70,8 @@ def _from_summary(train: TrainLog | None, rows: dict) -> dict:
     """Debug off: the train log's last epoch summary holds the slowest and the fastest rank's split."""
     m = lf.EPOCH_TRAIN.pattern.search(train.epoch_split.text if train and train.epoch_split else "")
     out = {}
-    for rank, text in ((m.group(2), m.group(3)), (m.group(4), m.group(5))) if m else ():
-        sp = parse_split(text or "")
+    for rank, part in ((m.group(2), m.group(3)), (m.group(4), m.group(5))) if m else ():
+        sp = parse_split(part or "")
         if rank is not None and sp and int(rank) in rows:
             out[int(rank)] = {**{p: sp[p] for p in PARTS}, "clock": None, "lines": 0,
                               "source": f"train log, epoch {m.group(1)} summary"}
