@@ -120,6 +120,9 @@ class RankWriter:
         self.validate(ep)
 
 
+RankLog = RankWriter  # the name tests/test_collect.py imports
+
+
 def train_log(logs: Path, lines: list[tuple], ts: str = TS) -> Path:
     """The train log: (time, level, tag, Message or template, *args) per record."""
     p = logs / f"train_{ts}.log"
