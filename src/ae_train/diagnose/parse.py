@@ -16,15 +16,15 @@ from collections import deque
 from pathlib import Path
 
 from ae_train import logformat as lf
-from ae_train.diagnose.records import (Checks, Hang, Mark, Marker, ShardError, Stamped, StackDump, TrainLog, WorkerLoad,
-                                       line_time, text, worker_of)
+from ae_train.diagnose.records import (Checks, EpochEnd, Hang, Mark, Marker, Phase, ShardError, Stamped, StackDump,
+                                       TrainLog, WorkerLoad, line_time, text, worker_of)
 
 log = logging.getLogger(__name__)
-# Phase code -> (order inside an epoch, text). Before the first epoch the epoch counts as -1.
-PHASES = {"starting": (-3, "starting (no marker yet)"), "sanity": (-2, "sanity check"),
-          "after_sanity": (-1, "after sanity check"), "training": (1, "training"),
-          "train_end": (2, "between training end and validation start"), "validation": (3, "validation"),
-          "val_end": (4, "after validation end"), "finished": (5, "finished")}
+# Phase code -> where it is inside an epoch, and its text.
+PHASES = {"starting": Phase(-3, "starting (no marker yet)"), "sanity": Phase(-2, "sanity check"),
+          "after_sanity": Phase(-1, "after sanity check"), "training": Phase(1, "training"),
+          "train_end": Phase(2, "between training end and validation start"), "validation": Phase(3, "validation"),
+          "val_end": Phase(4, "after validation end"), "finished": Phase(5, "finished")}
 # Stack dump frames that tell what the main thread waits for (faulthandler and traceback styles).
 # Ordered by priority: a main thread waiting for data explains more than a logger thread reading a file.
 WAITS = (("data", (b" _next_data", b" _get_data", b" _try_get_data")),
@@ -65,7 +65,7 @@ class RankLog:
         self.phase, self.epoch, self.in_sanity, self.marker, self.marker_n = "starting", None, False, None, 0
         self.starts = deque(maxlen=2)      # times of the last two TRAINING START markers: an epoch's length
         self.timeline = deque(maxlen=CAP)  # Mark at each marker: the latest matter most
-        self.train_end: dict = {}          # epoch -> (t, batches)
+        self.train_end: dict = {}          # epoch -> EpochEnd
         self.val_end: dict = {}
         self.pending: dict = {}            # worker tag -> its Opening shard line without a Finished yet
         self.split: dict = {}              # worker tag -> split of its latest Processing line
@@ -266,13 +266,13 @@ class RankLog:
             if edge == b"START" and t is not None:
                 self.starts.append(t)
             if edge == b"END":
-                self.train_end[ep] = (t, batches)
+                self.train_end[ep] = EpochEnd(t, batches)
                 if ep in self.val_end:  # Lightning 2 ends the train epoch after validation: epoch done
                     phase = "val_end"
         else:
             phase = "validation" if edge == b"START" else "val_end"
             if edge == b"END":
-                self.val_end[ep] = (t, batches)
+                self.val_end[ep] = EpochEnd(t, batches)
         self.phase, self.marker, self.marker_n = phase, Marker(text(s.split(b" batches=")[0]), t), n
         if ep is not None:
             self.epoch = ep

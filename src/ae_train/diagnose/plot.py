@@ -104,7 +104,7 @@ def draw(report: dict):
     ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=7))
     ax.xaxis.set_major_formatter(UniqueTimes())
     seen_split = _split_bars(ax_split, ranks)
-    handles = [Patch(facecolor=COLORS[p], label=PHASES[p][1]) for p in COLORS if p in seen_phases]
+    handles = [Patch(facecolor=COLORS[p], label=PHASES[p].text) for p in COLORS if p in seen_phases]
     if "silent" in seen_phases:
         handles.append(Patch(facecolor="white", edgecolor="#555555", hatch="///", label="silent (no progress)"))
     handles += [Line2D([], [], linestyle="none", marker=MARKS[k][0], color=MARKS[k][1], label=MARKS[k][2]) for k in MARKS

@@ -63,6 +63,17 @@ class Hang(NamedTuple):
     last_event: str
 
 
+class Phase(NamedTuple):
+    order: int                   # inside an epoch; before the first epoch the epoch counts as -1
+    text: str
+
+
+class EpochEnd(NamedTuple):
+    """A TRAINING END or VALIDATION END marker."""
+    time: float | None
+    batches: int | None
+
+
 class Mark(NamedTuple):
     """A phase change (marker) or an alert (`hang`, `error`) for the plot."""
     time: float | None

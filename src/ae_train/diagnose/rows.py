@@ -67,9 +67,9 @@ def rank_row(r: RankLog, now: float) -> tuple[dict, Times]:
     if phase == "val_end" and r.step_n > r.marker_n and r.epoch not in r.train_end:
         phase = "training"  # validation ran inside the epoch (val_check_interval) and training went on
     ep = r.epoch
-    batches = {"train": r.train_end[ep][1] if ep in r.train_end else
+    batches = {"train": r.train_end[ep].batches if ep in r.train_end else
                step["batches"] if step and step["epoch"] == ep else None,
-               "val": r.val_end[ep][1] if ep in r.val_end else
+               "val": r.val_end[ep].batches if ep in r.val_end else
                int(vs.group(1)) + 1 if vs and vs.group(3) and int(vs.group(3)) == ep else None}
     gap = None
     if r.last_step and r.prev_step:
@@ -82,7 +82,7 @@ def rank_row(r: RankLog, now: float) -> tuple[dict, Times]:
         "local_rank": _num(r.header.get("local_rank")), "node_rank": _num(r.header.get("node_rank")),
         "device": r.header.get("device"),
         "last_time": fmt_time(lp), "age_s": lp and round(now - lp, 1), "lag_s": None,
-        "epoch": ep, "phase": phase, "phase_text": PHASES[phase][1],
+        "epoch": ep, "phase": phase, "phase_text": PHASES[phase].text,
         "last_marker": r.marker and {"text": r.marker.text, "time": fmt_time(r.marker.time)},
         "last_step": step, "last_val_step": vs and {"step": int(vs.group(1)), "loss": text(vs.group(2)),
                                                     "time": fmt_time(line_time(r.last_val))},
@@ -105,7 +105,7 @@ def rank_row(r: RankLog, now: float) -> tuple[dict, Times]:
     }
     if gap is None and len(r.starts) == 2:  # no step lines (debug off): an epoch is the finest progress seen
         gap = (r.starts[1] - r.starts[0]) / EPOCH_GAP_DIV
-    times = Times(last=lp, pos=(ep if ep is not None else -1, PHASES[phase][0]), gap=gap,
+    times = Times(last=lp, pos=(ep if ep is not None else -1, PHASES[phase].order), gap=gap,
                   marker=r.marker and r.marker.time, open=[line_time(x) for x in r.pending.values()])
     return row, times
 

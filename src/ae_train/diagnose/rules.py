@@ -9,12 +9,13 @@ function that adds findings through `add(severity, kind, ranks, message)`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from ae_train import logformat as lf
 from ae_train.diagnose.parse import PHASES, RankLog
-from ae_train.diagnose.records import TrainLog, fmt_age, fmt_time, line_time, worker_of, workers_in
+from ae_train.diagnose.records import TrainLog, WorkerLoad, fmt_age, fmt_time, line_time, worker_of, workers_in
 from ae_train.diagnose.rows import detail, new_raw, sides, rank_row
 from ae_train.diagnose.speed import speed_findings
 
@@ -154,7 +155,7 @@ def _culprit_score(run: Run, r: int, coll: list, other: list) -> int:
 
 
 def _all_in_phase(run: Run, ph: str, ep, since: str, findings: list, add) -> None:
-    add("error", "stuck_in_phase", run.live, f"All ranks stopped in {PHASES[ph][1]}"
+    add("error", "stuck_in_phase", run.live, f"All ranks stopped in {PHASES[ph].text}"
         + ("" if ep is None else f" of epoch {ep}") + f" (nothing since {since}).")
     coll, other = sides(run.rows, run.live)
     score = {r: _culprit_score(run, r, coll, other) for r in run.live}
@@ -285,7 +286,24 @@ def judge(logs: Path, run_ts: str, ranks: list[RankLog], train: TrainLog | None,
 class Load(NamedTuple):
     rank: int
     tag: bytes
-    load: object  # parse.WorkerLoad
+    load: WorkerLoad
+
+
+class Took(NamedTuple):
+    seconds: float
+    x: Load
+
+
+class Latest(NamedTuple):
+    epoch: int
+    message: str
+
+
+@dataclass
+class RankBatches:
+    workers: int                    # the rank's DataLoader workers
+    completed: int = 0              # of them, those that logged COMPLETED
+    batches: int = 0                # batches they did
 
 
 def _uneven(split: str, ep: int, loads: list[Load]) -> str | None:
@@ -300,11 +318,11 @@ def _uneven(split: str, ep: int, loads: list[Load]) -> str | None:
 
 
 def _early(split: str, ep: int, loads: list[Load], run: Run) -> str | None:
-    dur = [((x.load.completed if x.load.completed is not None else (run.times[x.rank].last or run.now))
-            - x.load.started, x) for x in loads if x.load.started]
+    dur = [Took((x.load.completed if x.load.completed is not None else (run.times[x.rank].last or run.now))
+                - x.load.started, x) for x in loads if x.load.started]
     if len(dur) < 2:
         return None
-    dmax, xmax = max(dur, key=lambda d: d[0])
+    dmax, xmax = max(dur, key=lambda took: took.seconds)
     found = None
     for d, x in dur:
         if x.load.completed is not None and dmax - d >= max(EARLY_MIN_S, EARLY_SHARE * dmax):
@@ -316,12 +334,12 @@ def _early(split: str, ep: int, loads: list[Load], run: Run) -> str | None:
 
 
 def _batch_counts(split: str, ep: int, loads: list[Load], nranks: int) -> str | None:
-    per_rank: dict = {}  # rank -> [workers, workers COMPLETED, batches done]
+    per_rank: dict = {}  # rank -> RankBatches
     for x in loads:
-        per_rank.setdefault(x.rank, [workers_in(x.tag), 0, 0])
-        per_rank[x.rank][1] += 1 if x.load.batches is not None else 0
-        per_rank[x.rank][2] += x.load.batches or 0
-    done = {r: v[2] for r, v in per_rank.items() if v[1] >= v[0]}  # every worker of the rank COMPLETED
+        rb = per_rank.setdefault(x.rank, RankBatches(workers_in(x.tag)))
+        rb.completed += 1 if x.load.batches is not None else 0
+        rb.batches += x.load.batches or 0
+    done = {r: v.batches for r, v in per_rank.items() if v.completed >= v.workers}  # every worker COMPLETED
     if len(done) == nranks > 1 and len(set(done.values())) > 1:
         return f"{split} epoch {ep}: " + ", ".join(f"rank {r} {b}" for r, b in sorted(done.items()))
     return None
@@ -329,8 +347,8 @@ def _batch_counts(split: str, ep: int, loads: list[Load], nranks: int) -> str | 
 
 def _latest(found: dict, split: str, ep: int, msg: str | None) -> None:
     """Keep per split the message of its latest epoch."""
-    if msg is not None and ep >= found.get(split, (-1,))[0]:
-        found[split] = (ep, msg)
+    if msg is not None and (split not in found or ep >= found[split].epoch):
+        found[split] = Latest(ep, msg)
 
 
 def _data_findings(ranks: list[RankLog], run: Run, add) -> None:
@@ -346,12 +364,12 @@ def _data_findings(ranks: list[RankLog], run: Run, add) -> None:
         _latest(batches, split, ep, _batch_counts(split, ep, loads, len(run.rows)))
     if uneven:
         add("warning", "uneven_assignment", [], "Uneven file assignment across workers (latest epoch shown): "
-            + "; ".join(v[1] for v in uneven.values()))
+            + "; ".join(v.message for v in uneven.values()))
     if batches:
         add("warning", "uneven_batches", [], "Ranks got different numbers of batches (a DDP rank with fewer batches ends "
-            "the epoch first and waits in a collective the others never reach): " + "; ".join(v[1] for v in batches.values()))
+            "the epoch first and waits in a collective the others never reach): " + "; ".join(v.message for v in batches.values()))
     if early:
-        add("warning", "early_completion", [], "Workers COMPLETED much earlier than others: " + "; ".join(v[1] for v in early.values()))
+        add("warning", "early_completion", [], "Workers COMPLETED much earlier than others: " + "; ".join(v.message for v in early.values()))
     _error_findings(run.rows, add)
 
 
