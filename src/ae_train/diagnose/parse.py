@@ -46,6 +46,27 @@ HEAD = 14
 OPENING, FINISHED = lf.OPENING.head[:HEAD], lf.FINISHED_SHARD.head[:HEAD]
 STEP, VAL_STEP = lf.TRAINING_STEP.head[:HEAD], lf.VAL_STEP.head[:HEAD]
 
+# The literal start of each rarer message, bound once: the rare path tests a line against several of them.
+CHECKING_HEAD = lf.CHECKING.head
+COMPLETED_HEAD = lf.COMPLETED.head
+COUNT_STALLED_HEAD = lf.COUNT_STALLED.head
+DUMP_HEAD = lf.DUMP.head
+FINISHED_RUN_HEAD = lf.FINISHED_RUN.head
+HANG_HEAD = lf.HANG.head
+HEADER_HEAD = lf.HEADER.head
+PROCESSING_HEAD = lf.PROCESSING.head
+RECEIVED_HEAD = lf.RECEIVED.head
+RESOURCES_HEAD = lf.RESOURCES.head
+RESUMED_HEAD = lf.RESUMED.head
+SAVED_HEAD = lf.SAVED.head
+SAVING_HEAD = lf.SAVING.head
+SHARD_ERROR_HEAD = lf.SHARD_ERROR.head
+STARTING_HEAD = lf.STARTING.head
+WORKER_STARTED_HEAD = lf.WORKER_STARTED.head
+ALERT_HEADS = (HANG_HEAD, RESUMED_HEAD)
+DUMP_BODY_HEADS = (*lf.DUMP_THREAD_HEADS, lf.DUMP_FRAME_HEAD)
+LAUNCHER = lf.LAUNCHER_TAG.encode()
+
 
 class DiagnoseError(Exception):
     """Bad input: the CLI prints it as one line and exits 2."""
@@ -87,6 +108,8 @@ class RankLog:
     def scan(self) -> "RankLog":
         pending, rare, last, last_step, prev_step, step_n, last_val, n = self.pending, self._rare, None, None, None, 0, None, 0
         steps, slow, shard_n, slow_min = self.steps, self.slow_shards, 0, -1.0
+        # Locals, not globals: a name lookup per line and comparison costs measurably over millions of lines.
+        opening, finished, step, val_step, end = OPENING, FINISHED, STEP, VAL_STEP, 2 + HEAD
         with open(self.path, "rb", buffering=1 << 20) as f:
             for n, line in enumerate(f, 1):
                 k = line.find(b"] [", 24, 40)  # end of `[LEVEL]`; -1: continuation or torn line
@@ -95,10 +118,10 @@ class RankLog:
                     self._raw(line, n)
                     continue
                 # One HEAD-byte slice compared with constants: cheaper than a chain of startswith calls.
-                head = line[m + 2:m + 2 + HEAD]
-                if head == OPENING:
+                head = line[m + 2:m + end]
+                if head == opening:
                     pending[line[k + 3:m]] = last = line
-                elif head == FINISHED:  # a worker reads one shard at a time
+                elif head == finished:  # a worker reads one shard at a time
                     opened = pending.pop(line[k + 3:m], None)
                     last = line
                     if opened is not None:
@@ -114,10 +137,10 @@ class RankLog:
                         if d > slow_min:
                             (heapq.heappush if len(slow) < SLOW_KEPT else heapq.heapreplace)(slow, (d, n, line))
                             slow_min = slow[0][0] if len(slow) == SLOW_KEPT else -1.0
-                elif head == STEP:
+                elif head == step:
                     prev_step, last_step, last, step_n = last_step, line, line, n
                     steps.append(line)
-                elif head == VAL_STEP:
+                elif head == val_step:
                     last_val = last = line
                 elif rare(line, k, m, m + 2, n):
                     last = line
@@ -129,7 +152,7 @@ class RankLog:
         """A line without the prefix: stack dump body, traceback, C++ output, or a torn last line."""
         if self.dump is not None and n != self.dump_n + 1:
             self.dump = None  # a dump is one unbroken block of lines
-        if line.startswith(lf.DUMP.head):
+        if line.startswith(DUMP_HEAD):
             self._dump_start(line, n, None)
         elif self.dump is not None:
             self.dump_n = n
@@ -163,7 +186,7 @@ class RankLog:
         """Any line but steps and shard open/finish. Returns False for watchdog lines, which are not progress."""
         s = line[p:].rstrip(b"\r\n")
         if self.dump is not None:  # dump lines may also come prefixed (through the stderr logger)
-            if n == self.dump_n + 1 and s.lstrip().startswith((*lf.DUMP_THREAD_HEADS, lf.DUMP_FRAME_HEAD)):
+            if n == self.dump_n + 1 and s.lstrip().startswith(DUMP_BODY_HEADS):
                 self.dump_n = n
                 self._dump_line(s)
                 return False
@@ -172,38 +195,38 @@ class RankLog:
         t = self.t_rare = line_time(line)  # also the time of a raw dump header, which has none of its own
         if s.startswith(lf.MARKER_PREFIX):
             self._marker(s, t, n)
-        elif s.startswith(lf.PROCESSING.head):
+        elif s.startswith(PROCESSING_HEAD):
             self._processing(s, tag, t)
-        elif s.startswith(lf.COMPLETED.head):
+        elif s.startswith(COMPLETED_HEAD):
             self._completed(s, tag, t)
-        elif s.startswith(lf.SHARD_ERROR.head):
+        elif s.startswith(SHARD_ERROR_HEAD):
             self._shard_error(s, tag, t)
-        elif s.startswith(lf.HANG.head):
+        elif s.startswith(HANG_HEAD):
             mm = lf.HANG.pattern.match(s)
             self.hangs, self.hang_active = self.hangs + 1, True
             self.last_hang = Hang(t, *(text(g) for g in mm.groups())) if mm else Hang(t, "?", "?", text(s))
             self.events.append(Mark(t, "hang"))
             return False
-        elif s.startswith(lf.DUMP.head):
+        elif s.startswith(DUMP_HEAD):
             self._dump_start(s, n, t)
             return False
-        elif s.startswith(lf.RESOURCES.head):
+        elif s.startswith(RESOURCES_HEAD):
             return False
-        elif s.startswith(lf.RESUMED.head):
+        elif s.startswith(RESUMED_HEAD):
             self.hang_active = False
             return False
-        elif s.startswith(lf.WORKER_STARTED.head):
+        elif s.startswith(WORKER_STARTED_HEAD):
             mm = lf.WORKER_STARTED.pattern.match(s)
             if mm:
                 self.pids[int(mm.group(1))] = f"rank {self.rank} worker {worker_of(tag)}"
             self.pending.pop(tag, None)
-        elif s.startswith(lf.HEADER.head):
+        elif s.startswith(HEADER_HEAD):
             self._header(s, t)
-        elif s.startswith(lf.SAVING.head):
-            self.ckpt = Stamped(t, text(s[len(lf.SAVING.head):]))
-        elif s.startswith(lf.SAVED.head):
+        elif s.startswith(SAVING_HEAD):
+            self.ckpt = Stamped(t, text(s[len(SAVING_HEAD):]))
+        elif s.startswith(SAVED_HEAD):
             self.ckpt = None
-        elif s.startswith(lf.FINISHED_RUN.head):
+        elif s.startswith(FINISHED_RUN_HEAD):
             self.finished, self.phase = Stamped(t, text(s)), "finished"
             self.timeline.append(Mark(t, "finished"))
         elif line.startswith(b"[ERROR]", 24) or line.startswith(b"[CRITICAL]", 24):
@@ -289,24 +312,24 @@ def scan_train(path: Path) -> TrainLog:
             if m < 0:
                 continue
             tag, s = line[k + 3:m], line[m + 2:].rstrip()
-            if not s.startswith((lf.HANG.head, lf.RESUMED.head)):  # alerts are not the run moving
+            if not s.startswith(ALERT_HEADS):  # alerts are not the run moving
                 out.last = line
-            if tag == lf.LAUNCHER_TAG.encode():
+            if tag == LAUNCHER:
                 _launcher_line(out, line, s)
                 continue
             r = lf.TAG.match(tag)
             rank = int(r.group(1)) if r else None
             if r and out.world is None:
                 out.world = int(r.group(2))
-            if s.startswith(lf.FINISHED_RUN.head):
+            if s.startswith(FINISHED_RUN_HEAD):
                 out.finished = Stamped(line_time(line), text(s))
             elif s.startswith(b"Epoch ") and lf.EPOCH_SPLIT_MARK in s:  # the latest epoch's slowest/fastest rank
                 out.epoch_split = Stamped(line_time(line), text(s))
-            elif s.startswith(lf.SAVING.head):
-                out.ckpt = Stamped(line_time(line), text(s[len(lf.SAVING.head):]))
-            elif s.startswith(lf.SAVED.head):
+            elif s.startswith(SAVING_HEAD):
+                out.ckpt = Stamped(line_time(line), text(s[len(SAVING_HEAD):]))
+            elif s.startswith(SAVED_HEAD):
                 out.ckpt = None
-            elif s.startswith(lf.HANG.head):
+            elif s.startswith(HANG_HEAD):
                 out.hangs[rank] = out.hangs.get(rank, 0) + 1
             elif line.startswith(b"[ERROR]", 24):
                 out.errors[rank] = out.errors.get(rank, 0) + 1
@@ -315,15 +338,15 @@ def scan_train(path: Path) -> TrainLog:
 
 
 def _launcher_line(out: TrainLog, line: bytes, s: bytes) -> None:
-    if s.startswith((b"Rank ", lf.RECEIVED.head)) and len(out.launcher) < LAUNCHER_KEPT:
+    if s.startswith((b"Rank ", RECEIVED_HEAD)) and len(out.launcher) < LAUNCHER_KEPT:
         out.launcher.append(Stamped(line_time(line), text(s)))
-    elif s.startswith(lf.CHECKING.head):  # the launcher's checks before any rank
+    elif s.startswith(CHECKING_HEAD):  # the launcher's checks before any rank
         out.checks = Checks(start=line_time(line))
-    elif out.checks is not None and s.startswith(lf.HANG.head):
+    elif out.checks is not None and s.startswith(HANG_HEAD):
         out.checks.hang = Stamped(line_time(line), text(s))
-    elif out.checks is not None and s.startswith(lf.COUNT_STALLED.head):
+    elif out.checks is not None and s.startswith(COUNT_STALLED_HEAD):
         out.checks.gave_up.append(Stamped(line_time(line), text(s)))
-    elif out.checks is not None and s.startswith(lf.STARTING.head):
+    elif out.checks is not None and s.startswith(STARTING_HEAD):
         out.checks.done = line_time(line)
 
 
