@@ -1,5 +1,5 @@
-"""Straggler diagnosis (diagnose_speed.py): the rules on logs written line for line as docs/LOG_FORMAT.md
-specifies, then real 2-rank DDP runs where one rank is made slow for real (tests/slow_helpers.py).
+"""Straggler diagnosis (diagnose/speed.py): the rules on logs written through the writers' templates
+(ae_train.logformat, see test_diagnose.RankWriter), then real 2-rank DDP runs where one rank is made slow for real (tests/slow_helpers.py).
 
 Four runs of one epoch over the same 16 small shards, each step with 10 ms of forward on every rank:
 balanced; rank 1's shard opens take 0.6 s (slow storage: its input is the straggler); rank 1's forward
@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from conftest import BS, fit, make_shards
-from test_diagnose import NOW, T0, RankLog, finding, logs, train_log  # noqa: F401 (logs: a fixture)
+from test_diagnose import NOW, T0, RankWriter, finding, logs, train_log  # noqa: F401 (logs: a fixture)
+from ae_train import logformat as lf
 from ae_train.diagnose import diagnose_run, format_report, main
 
 SPLIT = re.compile(r"data wait ([\d.]+)%, forward ([\d.]+)%, backward ([\d.]+)%, optimizer ([\d.]+)%, other ([\d.]+)%")
@@ -49,19 +51,20 @@ def kinds(report: dict) -> list[str]:
     return [f["kind"] for f in report["findings"]]
 
 
-def split(data, fwd, bwd, opt=2.0, clock="cpu clock"):
-    return (f"data wait {data:.1f}%, forward {fwd:.1f}%, backward {bwd:.1f}%, optimizer {opt:.1f}%, "
-            f"other {100 - data - fwd - bwd - opt:.1f}% ({clock})")
+def split(data, fwd, bwd, opt=2.0, clock="cpu clock") -> tuple[str, str]:
+    """A progress line's split as the writer formats it, and its clock."""
+    return lf.format_split([data, fwd, bwd, opt, 100 - data - fwd - bwd - opt]), clock
 
 
-def speed_run(logs: Path, splits: list[str], read_s=None, world: int | None = None) -> list[RankLog]:
+def speed_run(logs: Path, splits: list[tuple[str, str]], read_s=None, world: int | None = None) -> list[RankWriter]:
     """A finished run whose ranks write the given progress-line splits (rank r: splits[r])."""
     world = world or len(splits)
-    rls = [RankLog(logs, r, world) for r in range(world)]
+    rls = [RankWriter(logs, r, world) for r in range(world)]
     for rl in rls:
         for ep in range(2):
-            rl.epoch(ep, split=splits[rl.rank], read_s=read_s and (lambda b, r=rl.rank: read_s(r, b)))
-        rl.line("INFO", "Training finished: 2 epochs in 35.2s")
+            rl.epoch(ep, split=splits[rl.rank][0], clock=splits[rl.rank][1],
+                     read_s=read_s and (lambda b, r=rl.rank: read_s(r, b)))
+        rl.log("INFO", lf.FINISHED_RUN, 2, 35.2)
     return rls
 
 
@@ -119,14 +122,13 @@ def test_diagnose_speed_balanced_ranks_get_no_straggler(logs, splits):
 def test_diagnose_speed_first_line_of_an_epoch_and_time_weights(logs):
     # Rank 1's batch-0 lines (start-up) say 95% data wait and are left out; its steady lines alternate
     # a slow window (90% data wait, 100 samples/s) and a fast one (10%, 1000 samples/s): time-weighted 83%.
-    rls = [RankLog(logs, r, 2) for r in range(2)]
+    rls = [RankWriter(logs, r, 2) for r in range(2)]
     for rl in rls:
-        rl.marker("EPOCH 0 TRAINING START")
+        rl.start(lf.TRAINING % 0)
         for b in range(0, 9, 2):
             d, rate = (95, 50) if b == 0 else (90, 100) if b % 4 == 2 else (10, 1000)
             d = d if rl.rank == 1 else 3
-            rl.line("DEBUG", f"Training step {b}, loss=0.1 | Processed {b + 1} training batches (epoch 0, global step "
-                             f"{b + 1}), {rate} samples/s, {split(d, 5, 90 - d)}, rss 812 MB, cuda 0 MB")
+            rl.step(b, 0, b + 1, *split(d, 5, 90 - d), rate=rate, loss=0.1)
     rep = diagnose_run(logs, now=NOW)
     assert rep["ranks"][1]["time_split"]["data_wait"] == pytest.approx(82.7, abs=0.1)
     assert rep["ranks"][1]["time_split"]["lines"] == 4
@@ -134,13 +136,12 @@ def test_diagnose_speed_first_line_of_an_epoch_and_time_weights(logs):
 
 
 def test_diagnose_speed_debug_off_uses_the_epoch_summary(logs):
-    rls = [RankLog(logs, r, 2) for r in range(2)]
+    rls = [RankWriter(logs, r, 2) for r in range(2)]
     for rl in rls:
-        rl.marker("EPOCH 0 TRAINING START")
-        rl.marker("EPOCH 0 TRAINING END", "batches=8 time=1.23s")
-    train_log(logs, [(T0 + 5, "INFO", "Rank 0/2", "Epoch 0 train: loss=0.1 batches=8 time=1.23s samples/s=9756 shard_errors=0 "
-                      f"(all ranks); time split slowest rank 1: {split(2, 64, 20)[:-12]}; fastest rank 0: "
-                      f"{split(2, 21, 63)[:-12]}")])
+        rl.start(lf.TRAINING % 0)
+        rl.end(lf.TRAINING % 0, 8, 1.23)
+    train_log(logs, [(T0 + 5, "INFO", lf.RANK_TAG % (0, 2), lf.EPOCH_TRAIN, 0, 0.1, 8, 1.23, 9756, 0,
+                      lf.SPLIT_TWO % (1, split(2, 64, 20)[0], 0, split(2, 21, 63)[0]))])
     rep = diagnose_run(logs, now=NOW)
     f = finding(rep, "compute_straggler")
     assert f["ranks"] == [1] and "forward takes 3.0x the others" in f["message"]
@@ -148,9 +149,9 @@ def test_diagnose_speed_debug_off_uses_the_epoch_summary(logs):
 
 
 def test_diagnose_speed_not_judged_from_a_hung_run_as_balanced(logs):
-    rls = [RankLog(logs, r, 2) for r in range(2)]
+    rls = [RankWriter(logs, r, 2) for r in range(2)]
     for rl in rls:
-        rl.train(0, end=rl.rank != 1, split=split(3, 30, 60))
+        rl.train(0, end=rl.rank != 1, split=split(3, 30, 60)[0])
     rep = diagnose_run(logs, now=NOW)
     assert kinds(rep)[0] == "ddp_sync" and "no_straggler" not in kinds(rep)
 
@@ -205,7 +206,7 @@ def test_diagnose_speed_slow_forward_rank_is_a_compute_straggler(runs, tmp_path,
                                                                    "source": "progress lines"}
     assert re.search(r"time split slowest rank 1: data wait [\d.]+%, forward", run.text("train_*.log"))
     pytest.importorskip("matplotlib")
-    from ae_train.diagnose_plot import draw
+    from ae_train.diagnose.plot import draw
     fig = draw(rep)
     fig.canvas.draw()
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
@@ -227,9 +228,9 @@ def test_diagnose_speed_slow_after_the_step_is_waited_for_in_backward_not_data(r
 
 
 def test_diagnose_speed_on_a_running_run(logs):
-    rls = [RankLog(logs, r, 2, t=NOW - 30) for r in range(2)]
+    rls = [RankWriter(logs, r, 2, t=NOW - 30) for r in range(2)]
     for rl in rls:
-        rl.train(0, end=False, split=split(64, 20, 10) if rl.rank == 0 else split(3, 20, 70))
+        rl.train(0, end=False, split=split(64, 20, 10)[0] if rl.rank == 0 else split(3, 20, 70)[0])
     rep = diagnose_run(logs, now=NOW)
     assert rep["state"] == "running"
     assert kinds(rep)[:1] == ["input_straggler"] and finding(rep, "input_straggler")["ranks"] == [0]

@@ -13,6 +13,8 @@ import sys
 import threading
 import traceback
 
+from . import logformat as lf
+
 log = logging.getLogger("ae_train.callbacks.watchdog")  # debug log only (see logs.DEBUG_ONLY)
 
 
@@ -20,20 +22,20 @@ def format_stacks(who: str, reason: str) -> str:
     names = {t.ident: t.name for t in threading.enumerate()}
     main, me = threading.main_thread().ident, threading.get_ident()
     frames = sys._current_frames()
-    lines = [f"Stack dump of {who} (pid {os.getpid()}), reason: {reason}"]
+    lines = [lf.DUMP.template % (who, os.getpid(), reason)]
     # The main thread first (where training or reading happens), not the dumping thread itself;
     # innermost frame first, as faulthandler prints them: the first frame is where the thread waits.
     for ident in sorted(frames, key=lambda i: i != main):
         if ident == me and ident != main:
             continue
-        lines.append(f"Thread 0x{ident:x} ({names.get(ident, '?')}) (most recent call first):")
+        lines.append(lf.DUMP_THREAD % (ident, names.get(ident, "?")))
         stack = traceback.extract_stack(frames[ident])
         while stack and stack[-1].filename == __file__:  # a signal handler's own frames: not where it waits
             stack.pop()
         for frame in reversed(stack):
-            lines.append(f'  File "{frame.filename}", line {frame.lineno} in {frame.name}')
+            lines.append(lf.DUMP_FRAME % (frame.filename, frame.lineno, frame.name))
             if frame.line:
-                lines.append(f"    {frame.line}")
+                lines.append(lf.DUMP_SOURCE % frame.line)
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
+from .. import logformat as lf
 from .step_split import BACKWARD, DATA, FORWARD, OPTIMIZER, OTHER, StepSplit, format_split
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,6 @@ def _rss_mb() -> float:
             return int(f.read().split()[1]) * _PAGE / 2**20
     except OSError:
         return float("nan")
-
-
-def _marker(text: str) -> str:
-    return f"========== {text} =========="
 
 
 class DebugCallback(Callback):
@@ -96,7 +93,7 @@ class DebugCallback(Callback):
         self._start_training(trainer, "")
 
     def _start_training(self, trainer: pl.Trainer, note: str) -> None:
-        log.info(_marker(f"EPOCH {trainer.current_epoch} TRAINING START") + note)
+        log.info(lf.marker_start(lf.TRAINING % trainer.current_epoch) + note)
         self._train_open = True
         self._t_epoch = self._t_window = self._t_ready = self.split.start()
         self._window_batches = 0
@@ -104,7 +101,7 @@ class DebugCallback(Callback):
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if not self._train_open:  # resumed mid-epoch: Lightning skips on_train_epoch_start
-            self._start_training(trainer, f" resumed at batch {batch_idx}")
+            self._start_training(trainer, lf.RESUMED_AT % batch_idx)
         self.split.mark(DATA)  # since the previous batch ended: the loader's share
 
     @override
@@ -135,10 +132,8 @@ class DebugCallback(Callback):
         loss_value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float("nan")  # the one sync
         elapsed = max(1e-9, self._t_ready - self._t_window)
         cuda = torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
-        log.debug("Training step %d, loss=%.6f | Processed %d training batches (epoch %d, global step %d), "
-                  "%.0f samples/s, %s (%s), rss %.0f MB, cuda %.0f MB",
-                  batch_idx, loss_value, batch_idx + 1, trainer.current_epoch, trainer.global_step,
-                  self._window_batches * len(batch) / elapsed, format_split(self.split.fold()), self.split.clock,
+        log.debug(lf.TRAINING_STEP.template, batch_idx, loss_value, batch_idx + 1, trainer.current_epoch,
+                  trainer.global_step, self._window_batches * len(batch) / elapsed, format_split(self.split.fold()), self.split.clock,
                   _rss_mb(), cuda)
         self._t_window, self._window_batches = self._t_ready, 0
 
@@ -147,8 +142,8 @@ class DebugCallback(Callback):
             self._train_open = False
             if batches is None:  # cut short: the batches whose end hook ran
                 batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-            log.info(_marker(f"EPOCH {trainer.current_epoch} TRAINING END") + " batches=%d time=%.2fs",
-                     batches, time.perf_counter() - self._t_epoch)
+            log.info(lf.MARKER_END.template, lf.TRAINING % trainer.current_epoch, batches,
+                     time.perf_counter() - self._t_epoch)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -156,13 +151,13 @@ class DebugCallback(Callback):
 
     # ---- validation ----
     def _val_name(self, trainer: pl.Trainer) -> str:
-        return "SANITY CHECK" if trainer.sanity_checking else f"EPOCH {trainer.current_epoch} VALIDATION"
+        return lf.SANITY if trainer.sanity_checking else lf.VALIDATION % trainer.current_epoch
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._end_training(trainer)
-        log.info(_marker(f"{self._val_name(trainer)} START"))
+        log.info(lf.marker_start(self._val_name(trainer)))
         self._t_val, self._val_batches = time.perf_counter(), 0
 
     @override
@@ -171,9 +166,8 @@ class DebugCallback(Callback):
         self._val_batches += 1
         if self.debug and batch_idx % self.val_every == 0:
             loss = float(outputs.detach()) if isinstance(outputs, torch.Tensor) else float("nan")
-            log.debug("Validation step %d, loss=%.6f (epoch %d)", batch_idx, loss, trainer.current_epoch)
+            log.debug(lf.VAL_STEP.template, batch_idx, loss, trainer.current_epoch)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        log.info(_marker(f"{self._val_name(trainer)} END") + " batches=%d time=%.2fs",
-                 self._val_batches, time.perf_counter() - self._t_val)
+        log.info(lf.MARKER_END.template, self._val_name(trainer), self._val_batches, time.perf_counter() - self._t_val)

@@ -20,7 +20,9 @@ import time
 
 import torch
 
-PARTS = ("data wait", "forward", "backward", "optimizer", "other")
+from ..logformat import SPLIT_NAMES as PARTS
+from ..logformat import format_split as _format_shares
+
 DATA, FORWARD, BACKWARD, OPTIMIZER, OTHER = range(len(PARTS))
 MAX_EVENTS = 50_000  # a very long interval (or debug off) folds when this many events wait
 
@@ -28,7 +30,7 @@ MAX_EVENTS = 50_000  # a very long interval (or debug off) folds when this many 
 def format_split(seconds: list[float]) -> str:
     """`data wait 3.1%, forward 20.0%, backward 55.0%, optimizer 12.0%, other 9.9%` (shares of their sum)."""
     total = sum(seconds) or 1.0
-    return ", ".join(f"{name} {100 * s / total:.1f}%" for name, s in zip(PARTS, seconds))
+    return _format_shares([100 * s / total for s in seconds])
 
 
 class StepSplit:

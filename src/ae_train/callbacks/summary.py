@@ -14,6 +14,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
+from .. import logformat as lf
 from ..logs import CONSOLE
 from .debug import DebugCallback
 from .step_split import BACKWARD, PARTS, format_split
@@ -53,7 +54,7 @@ class EpochSummary(Callback):
             return
         loss = _metric(trainer, "val_loss")  # every rank reads: the first read may be a collective
         if trainer.is_global_zero:
-            log.info("Epoch %d val: loss=%.6f batches=%d shard_errors=%d", trainer.current_epoch, loss,
+            log.info(lf.EPOCH_VAL.template, trainer.current_epoch, loss,
                      sum(trainer.num_val_batches), self._errors("val_shards"), extra=CONSOLE)
 
     @override
@@ -63,8 +64,7 @@ class EpochSummary(Callback):
         if not trainer.is_global_zero:
             return
         elapsed = max(1e-9, self._t_last - self._t0)
-        log.info("Epoch %d train: loss=%.6f batches=%d time=%.2fs samples/s=%.0f shard_errors=%d (all ranks)%s",
-                 trainer.current_epoch, loss, trainer.num_training_batches, elapsed,
+        log.info(lf.EPOCH_TRAIN.template, trainer.current_epoch, loss, trainer.num_training_batches, elapsed,
                  self._samples * trainer.world_size / elapsed, self._errors("train_shards"), _split_text(splits),
                  extra=CONSOLE)
 
@@ -86,11 +86,10 @@ def _split_text(splits: list[list[float]]) -> str:
     if not ok:
         return ""
     if len(ok) == 1:
-        return f"; time split rank {ok[0][0]}: {format_split(ok[0][1])}"
+        return lf.SPLIT_ONE % (ok[0][0], format_split(ok[0][1]))
 
     def outside_backward(item):
         return 1 - item[1][BACKWARD] / sum(item[1])
 
     slow, fast = max(ok, key=outside_backward), min(ok, key=outside_backward)
-    return (f"; time split slowest rank {slow[0]}: {format_split(slow[1])}; "
-            f"fastest rank {fast[0]}: {format_split(fast[1])}")
+    return lf.SPLIT_TWO % (slow[0], format_split(slow[1]), fast[0], format_split(fast[1]))

@@ -26,6 +26,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
+from .. import logformat as lf
 from .. import stacks
 from .debug import _rss_mb
 
@@ -122,7 +123,7 @@ class HangWatchdog(Callback):
             now = time.monotonic()
             idle = now - self._last
             if alerted_at is not None and self._last > stuck_since:
-                log.warning("progress resumed after %.0f s", self._last - stuck_since)
+                log.warning(lf.RESUMED.template, self._last - stuck_since)
                 alerted_at = None
             if idle >= self.timeout_s and (alerted_at is None or now - alerted_at >= self.timeout_s):
                 if alerted_at is None:
@@ -131,7 +132,7 @@ class HangWatchdog(Callback):
                 self._alert(idle)
 
     def _alert(self, idle: float) -> None:
-        log.error("HANG SUSPECTED: no progress for %.0f s in %s (last event: %s)", idle, self._phase,
+        log.error(lf.HANG.template, idle, self._phase,
                   self._describe_event())
         stacks.dump(self._who, "hang")
         workers = stacks.child_pids()
@@ -143,5 +144,4 @@ class HangWatchdog(Callback):
         times = os.times()
         cuda = (f"{torch.cuda.memory_allocated() / 2**20:.0f} MB allocated, "
                 f"{torch.cuda.memory_reserved() / 2**20:.0f} MB reserved") if torch.cuda.is_initialized() else "n/a"
-        log.info("Resources at hang: rss %.0f MB, cpu time user %.1f s system %.1f s, cuda %s, worker pids %s",
-                 _rss_mb(), times.user, times.system, cuda, workers or "none")
+        log.info(lf.RESOURCES.template, _rss_mb(), times.user, times.system, cuda, workers or "none")

@@ -1,4 +1,5 @@
-"""Why a run is slow: `ae-train diagnose` compares the ranks' time splits and names the straggler.
+"""Why a run is slow (the straggler rules): `ae-train diagnose` compares the ranks' time splits and names
+the straggler.
 
 Every progress line splits its interval into data wait, forward, backward, optimizer and other
 (callbacks/step_split.py). In DDP all ranks go at the pace of the slowest: the fast ranks spend the
@@ -14,38 +15,36 @@ shards are the Opening-to-Finished times of the debug logs.
 """
 from __future__ import annotations
 
-import re
 import statistics
 
-from ae_train.diagnose import STEP, _Rank, _s
+from ae_train import logformat as lf
+from ae_train.diagnose.parse import RankLog
+from ae_train.diagnose.records import TrainLog, text
 
-SPLIT = re.compile(r"data wait (\d+(?:\.\d+)?)%(?:, forward (\d+(?:\.\d+)?)%, backward (\d+(?:\.\d+)?)%, "
-                   r"optimizer (\d+(?:\.\d+)?)%, other (\d+(?:\.\d+)?)%(?: \(([^)]*)\))?)?")
-SUMMARY = re.compile(r"Epoch (\d+) train: .*; time split (?:slowest )?rank (\d+): ([^;]*)(?:; fastest rank (\d+): ([^;]*))?")
-RATE = re.compile(r"(\d+(?:\.\d+)?) samples/s")
 PARTS = ("data_wait", "forward", "backward", "optimizer", "other")
 GAP = 15.0         # percentage points by which a straggler's share exceeds the others' median ...
 RATIO = 1.5        # ... and how many times the others' it is at least
+INPUT_TIMES = 2.0  # an input straggler also waits for data at least this many times the others' median
 BOTTLENECK = 30.0  # every rank waits for data at least this share of the time: the input path is the bottleneck
 WHAT = {"forward": "forward", "optimizer": "optimizer step",
         "other": "time outside forward, backward and optimizer (LR scheduler, logging, callbacks)"}
 
 
-def parse_split(text: str) -> dict | None:
-    m = SPLIT.search(text)
+def parse_split(s: str) -> dict | None:
+    m = lf.SPLIT.search(s)
     if not m:
         return None
     values = [float(m.group(1))] + [float(v) if v is not None else None for v in m.group(2, 3, 4, 5)]
     return {**dict(zip(PARTS, values)), "clock": m.group(6)}
 
 
-def rank_split(r: _Rank) -> dict | None:
+def rank_split(r: RankLog) -> dict | None:
     """The mean split of the rank's latest progress lines, or None without any."""
     found = []
     for line in r.steps:
-        st = STEP.search(line)
-        extra = _s(st.group(6) or b"") if st else ""
-        sp, rate = parse_split(extra), RATE.search(extra)
+        st = lf.TRAINING_STEP.pattern.search(line)
+        extra = text(st.group(6) or b"") if st else ""
+        sp, rate = parse_split(extra), lf.RATE.search(extra)
         if sp:
             sp["w"] = 1 / float(rate.group(1)) if rate and float(rate.group(1)) > 0 else 1.0
             found.append((st.group(1) == b"0", sp))
@@ -59,20 +58,20 @@ def rank_split(r: _Rank) -> dict | None:
     return {**out, "clock": steady[-1]["clock"], "lines": len(steady), "source": "progress lines"}
 
 
-def rank_shards(r: _Rank) -> dict:
+def rank_shards(r: RankLog) -> dict:
     slow = []
     for d, _, line in sorted(r.slow_shards, reverse=True):
-        p = line.find(b"Finished shard ") + 15
-        slow.append({"url": _s(line[p:line.rfind(b": ")]), "seconds": round(d, 3)})
+        m = lf.FINISHED_SHARD.pattern.search(line)
+        slow.append({"url": text(m.group(1)) if m else "?", "seconds": round(d, 3)})
     return {"count": r.shard_n, "slowest": slow}
 
 
-def _from_summary(train: dict | None, rows: dict) -> dict:
+def _from_summary(train: TrainLog | None, rows: dict) -> dict:
     """Debug off: the train log's last epoch summary holds the slowest and the fastest rank's split."""
-    m = SUMMARY.search((train or {}).get("epoch_split") and train["epoch_split"][1] or "")
+    m = lf.EPOCH_TRAIN.pattern.search(train.epoch_split.text if train and train.epoch_split else "")
     out = {}
-    for rank, text in ((m.group(2), m.group(3)), (m.group(4), m.group(5))) if m else ():
-        sp = parse_split(text or "")
+    for rank, part in ((m.group(2), m.group(3)), (m.group(4), m.group(5))) if m else ():
+        sp = parse_split(part or "")
         if rank is not None and sp and int(rank) in rows:
             out[int(rank)] = {**{p: sp[p] for p in PARTS}, "clock": None, "lines": 0,
                               "source": f"train log, epoch {m.group(1)} summary"}
@@ -97,7 +96,7 @@ def _where(row: dict) -> str:
     return f"host {row['host'] or '?'}, device {row['device'] or '?'}"
 
 
-def speed_findings(rows: dict, train: dict | None, add, quiet: bool) -> dict:
+def speed_findings(rows: dict, train: TrainLog | None, add, quiet: bool) -> dict:
     """Adds the straggler findings through `add`; returns the report's `speed` summary.
     `quiet`: an error is already reported (a hang, a crash), so "no straggler" would only be noise."""
     splits = {r: row["time_split"] for r, row in rows.items() if row["time_split"]}
@@ -117,7 +116,7 @@ def speed_findings(rows: dict, train: dict | None, add, quiet: bool) -> dict:
 
     for r in sorted(splits):
         rest = others(r, "data_wait", splits)
-        if rest and data[r] - statistics.median(rest) >= GAP and data[r] >= 2 * statistics.median(rest):
+        if rest and data[r] - statistics.median(rest) >= GAP and data[r] >= INPUT_TIMES * statistics.median(rest):
             found[r] = "input_straggler"
             msg = f"Rank {r} waits for data {data[r]:.0f}% of the time (others {_pct(rest)}): its input is the straggler"
             if r in full and len(full) > 1:

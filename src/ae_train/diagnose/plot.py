@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from ae_train.diagnose.parse import PHASES
+
 COLORS = {"starting": "#d9d9d9", "sanity": "#c7b3e5", "after_sanity": "#e6dcf5", "training": "#7fb3e6",
           "train_end": "#f4a259", "validation": "#8fd18f", "val_end": "#f6d55c", "finished": "#bdbdbd"}
 SPLIT_COLORS = {"data_wait": "#d62728", "forward": "#1f77b4", "backward": "#9e9e9e", "optimizer": "#2ca02c",
@@ -61,7 +63,6 @@ def draw(report: dict):
         from matplotlib.patches import Patch
     except ImportError as e:
         raise PlotUnavailable(f'--plot needs matplotlib ({e}): pip install "ae-train[plot]"') from None
-    from ae_train.diagnose import PHASES
 
     class UniqueTimes(mticker.Formatter):
         def format_ticks(self, values):
@@ -103,7 +104,7 @@ def draw(report: dict):
     ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=7))
     ax.xaxis.set_major_formatter(UniqueTimes())
     seen_split = _split_bars(ax_split, ranks)
-    handles = [Patch(facecolor=COLORS[p], label=PHASES[p][1]) for p in COLORS if p in seen_phases]
+    handles = [Patch(facecolor=COLORS[p], label=PHASES[p].text) for p in COLORS if p in seen_phases]
     if "silent" in seen_phases:
         handles.append(Patch(facecolor="white", edgecolor="#555555", hatch="///", label="silent (no progress)"))
     handles += [Line2D([], [], linestyle="none", marker=MARKS[k][0], color=MARKS[k][1], label=MARKS[k][2]) for k in MARKS

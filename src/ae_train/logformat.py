@@ -1,0 +1,145 @@
+"""The log lines in one place: the line format, the markers, each message template and its parsing pattern.
+
+Standard library only: `ae-train diagnose` imports it on a login node where torch would take longer than
+the diagnosis. Writers pass a template to logging (`log.info(PROCESSING.template, ...)`: formatting stays
+lazy), diagnose parses with the patterns (bytes: a torn UTF-8 sequence cannot stop it), the tests build
+their lines from the templates, and tests/test_logformat.py checks that docs/LOG_FORMAT.md shows every
+template filled with its example. The contract for users is docs/LOG_FORMAT.md and the logging guide.
+"""
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+# ---- the line ----
+LINE_FORMAT = "%(asctime)s [%(levelname)s] [%(tag)s] %(message)s"  # logging's default asctime: local time, ,mmm
+LAUNCHER_TAG = "Launcher"
+RANK_TAG = "Rank %d/%d"
+WORKER_TAG = "Rank %d/%d Worker %d/%d"
+TAG = re.compile(rb"Rank (\d+)/(\d+)(?: Worker (\d+)/(\d+))?")
+RUN_FILE = re.compile(r"(?:train|debug_rank(\d+))_(\d{8}_\d{6})\.log")  # train_<ts>.log, debug_rank<N>_<ts>.log
+TIME_LEN = 23  # `YYYY-MM-DD HH:MM:SS,mmm`, then ` [LEVEL] [TAG] message`
+
+
+class Message(NamedTuple):
+    """One kind of line: the writer's printf template, example arguments (as docs/LOG_FORMAT.md shows the
+    line), and the pattern diagnose reads it with (bytes). `doc_cut`: the doc shortens the line with
+    `...` after this text."""
+    template: str
+    example: tuple
+    pattern: re.Pattern
+    doc_cut: str | None = None
+
+    def text(self, *args) -> str:
+        """The message filled with args (default: the example), as logging writes it."""
+        return self.template % (args or self.example)
+
+    @property
+    def head(self) -> bytes:
+        """The literal text before the first placeholder: what a line starts with."""
+        return self.template.split("%", 1)[0].encode()
+
+
+# ---- markers (INFO, a rank's main process) ----
+MARKER_START = Message("========== %s START ==========", ("EPOCH 0 TRAINING",),
+                       re.compile(rb"=+ (?:EPOCH (\d+) )?(SANITY CHECK|TRAINING|VALIDATION) (START|END) =+"))
+MARKER_END = Message("========== %s END ========== batches=%d time=%.2fs", ("EPOCH 0 VALIDATION", 3, 0.2),
+                     MARKER_START.pattern)
+MARKER_PREFIX = b"=========="
+MARKER_BATCHES = re.compile(rb"batches=(\d+)")
+RESUMED_AT = " resumed at batch %d"  # after a mid-epoch resume, appended to the TRAINING START marker
+SANITY = "SANITY CHECK"
+TRAINING = "EPOCH %d TRAINING"
+VALIDATION = "EPOCH %d VALIDATION"
+
+# ---- a rank's main process ----
+HEADER = Message("Debug log of rank %d/%d: host=%s pid=%d local_rank=%d node_rank=%d device=%s run=%s "
+                 "python=%s torch=%s lightning=%s",
+                 (0, 2, "node1", 1234, 0, 0, "cpu", "20261129_050102", "3.11.7", "2.13.0", "2.6.6"),
+                 re.compile(rb"Debug log of rank (\d+)/(\d+): (.*)"))
+TRAINING_STEP = Message(
+    "Training step %d, loss=%.6f | Processed %d training batches (epoch %d, global step %d), %.0f samples/s, "
+    "%s (%s), rss %.0f MB, cuda %.0f MB",
+    (500, 0.0987, 501, 0, 1501, 12000, "data wait 3.1%, forward 21.5%, backward 60.2%, optimizer 9.9%, other 5.3%",
+     "cpu clock", 812, 0),
+    re.compile(rb"Training step (\d+), loss=([^ |,]+)(?: \| Processed (\d+) training batches "
+               rb"\(epoch (\d+), global step (\d+)\),? ?(.*))?"))
+# The time split inside a progress line and the epoch summary (callbacks/step_split.py).
+SPLIT_PART = "%s %.1f%%"
+SPLIT_NAMES = ("data wait", "forward", "backward", "optimizer", "other")
+SPLIT = re.compile(r"data wait (\d+(?:\.\d+)?)%(?:, forward (\d+(?:\.\d+)?)%, backward (\d+(?:\.\d+)?)%, "
+                   r"optimizer (\d+(?:\.\d+)?)%, other (\d+(?:\.\d+)?)%(?: \(([^)]*)\))?)?")
+RATE = re.compile(r"(\d+(?:\.\d+)?) samples/s")
+VAL_STEP = Message("Validation step %d, loss=%.6f (epoch %d)", (20, 0.105, 0),
+                   re.compile(rb"Validation step (\d+), loss=([^ ,]+)(?: \(epoch (\d+)\))?"))
+EPOCH_TRAIN = Message("Epoch %d train: loss=%.6f batches=%d time=%.2fs samples/s=%.0f shard_errors=%d (all ranks)%s",
+                      (0, 0.0123, 15, 1.23, 9756, 0, "; time split slowest rank 1: data wait 67.6%, forward 28.1%, "
+                       "backward 3.0%, optimizer 1.1%, other 0.2%; fastest rank 0: data wait 3.6%, forward 28.4%, "
+                       "backward 66.6%, optimizer 1.1%, other 0.2%"),
+                      re.compile(r"Epoch (\d+) train: .*; time split (?:slowest )?rank (\d+): ([^;]*)"
+                                 r"(?:; fastest rank (\d+): ([^;]*))?"))
+SPLIT_ONE = "; time split rank %d: %s"
+SPLIT_TWO = "; time split slowest rank %d: %s; fastest rank %d: %s"
+EPOCH_SPLIT_MARK = b"; time split "
+EPOCH_VAL = Message("Epoch %d val: loss=%.6f batches=%d shard_errors=%d", (0, 0.0105, 3, 0),
+                    re.compile(rb"Epoch (\d+) val: "))
+SAVING = Message("Saving checkpoint %s", ("/out/checkpoints/last.ckpt",), re.compile(rb"Saving checkpoint (.*)"))
+SAVED = Message("Saved checkpoint %s in %.2fs", ("/out/checkpoints/last.ckpt", 0.05), re.compile(rb"Saved checkpoint "))
+FINISHED_RUN = Message("Training finished: %d epochs in %.1fs", (3, 35.2), re.compile(rb"Training finished"))
+
+# ---- hang watchdog and stack dumps ----
+HANG = Message("HANG SUSPECTED: no progress for %.0f s in %s (last event: %s)",
+               (605, "training (waiting for data)", "batch end of batch 4 in epoch 0 at 2026-11-29 05:01:02"),
+               re.compile(rb"HANG SUSPECTED: no progress for (\d+) s in (.*?) \(last event: (.*)\)"))
+RESOURCES = Message("Resources at hang: rss %.0f MB, cpu time user %.1f s system %.1f s, cuda %s, worker pids %s",
+                    (812, 10.1, 2.0, "n/a", "[1240, 1241]"), re.compile(rb"Resources at hang"))
+RESUMED = Message("progress resumed after %.0f s", (700,), re.compile(rb"progress resumed"))
+DUMP = Message("Stack dump of %s (pid %d), reason: %s", ("rank 1", 1234, "hang"),
+               re.compile(rb"Stack dump of (.*?)(?: \(pid (\d+)\))?, reason: (.*)"))
+# A dump's body, faulthandler's layout: per thread a header, then its frames innermost first.
+DUMP_THREAD = "Thread 0x%x (%s) (most recent call first):"
+DUMP_FRAME = '  File "%s", line %s in %s'  # %s: a frame's line number may be None
+DUMP_SOURCE = "    %s"
+DUMP_THREAD_HEADS = (b"Thread 0x", b"Current thread 0x")  # the second: faulthandler's own dumps
+DUMP_FRAME_HEAD = b"File "
+
+# ---- DataLoader workers (data/reader.py) ----
+WORKER_STARTED = Message("Worker started pid=%d", (4321,), re.compile(rb"Worker started pid=(\d+)"))
+PROCESSING = Message("Processing %d/%d files from %s (epoch %d, %d samples, %d batches)",
+                     (3, 5, "train_shards", 0, 120, 15),
+                     re.compile(rb"Processing (\d+)/(\d+) files from (\S+) \(epoch (\d+), (\d+) samples, (\d+) batches"))
+OPENING = Message("Opening shard %s (samples %d..%d of %d)", ("/data/train-000003.tar", 0, 200, 200),
+                  re.compile(rb"Opening shard (.*?)(?: \(samples \d+\.\.\d+ of \d+\))?$"))
+FINISHED_SHARD = Message("Finished shard %s: %d samples in %.3fs", ("/data/train-000003.tar", 200, 0.052),
+                         re.compile(rb"Finished shard (.*): (\d+) samples in "))
+SHARD_ERROR = Message("Error reading shard %s: %s; skipped", ("/data/train-000004.tar", "truncated tar: ..."),
+                      re.compile(rb"Error reading shard (.+?): (.*)"))
+# The split at the end (`..., 0.6s, train_shards)`) beats the tag's guess; older lines end at `errors 0)`.
+COMPLETED = Message("COMPLETED iteration, total samples: %d (epoch %d, batches %d, shards %d, errors %d, %.1fs, %s)",
+                    (120, 0, 15, 3, 0, 0.6, "train_shards"),
+                    re.compile(rb"COMPLETED iteration, total samples: (\d+) \(epoch (\d+), batches (\d+)"
+                               rb"(?:[^)]*, ([A-Za-z_]\w*)\))?"))
+
+# ---- the launcher (train log, tag `Launcher`) ----
+CHECKING = Message("Checking the data of run %s before starting ranks", ("20261129_050102",),
+                   re.compile(rb"Checking the data of run (\S+)"))
+COUNT_STALLED = Message("Error counting shard %s: stalled for %.0f s; left out of the run", ("<url>", 300),
+                        re.compile(rb"Error counting shard (.+?): (.*)"))
+STARTING = Message("Starting training: %d rank(s) on %d node(s), %s, run %s", (2, 1, "cpu", "20261129_050102"),
+                   re.compile(rb"Starting training"))
+EXITED = Message("Rank %d (pid %d) exited with %s; stopping the other ranks", (1, 1234, "code -9 (killed by SIGKILL)"),
+                 re.compile(rb"Rank (\d+) \(pid (\d+)\) exited with code (-?\d+)(.*)"))
+RECEIVED = Message("Received %s; asking %d rank(s) to save last.ckpt and stop (a second signal kills them)",
+                   ("SIGTERM", 2), re.compile(rb"Received (\S+?);"), doc_cut="and stop ")
+
+MESSAGES = {name: m for name, m in globals().items() if isinstance(m, Message)}
+
+
+def marker_start(what: str) -> str:
+    """`========== EPOCH 0 TRAINING START ==========` for what = `EPOCH 0 TRAINING` (or SANITY CHECK)."""
+    return MARKER_START.template % what
+
+
+def format_split(shares: list[float]) -> str:
+    """`data wait 3.1%, forward 20.0%, ...` from the parts' percentages, in SPLIT_NAMES order."""
+    return ", ".join(SPLIT_PART % (name, s) for name, s in zip(SPLIT_NAMES, shares))
