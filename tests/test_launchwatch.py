@@ -21,9 +21,10 @@ def test_launchwatch_stalled_count_is_named_then_given_up(tmp_path):
               "--data.count_timeout_s=14", "--data.max_shard_errors=1", timeout=150)
     assert run.proc.returncode == 0, run.console + run.text("*.log")
     train = run.text("train_*.log")
-    hang = re.search(r"\[ERROR\] \[Launcher\] HANG SUSPECTED: no progress for \d+ s in launcher checks "
-                     r"\(last event: (.*)\)", train)
-    assert hang and str(fifo) in hang.group(1), train
+    # On a loaded machine an alert can come before the counting starts; one of them names the shard.
+    hangs = re.findall(r"\[ERROR\] \[Launcher\] HANG SUSPECTED: no progress for \d+ s in launcher checks "
+                       r"\(last event: (.*)\)", train)
+    assert any(str(fifo) in h for h in hangs), train
     assert "Stack dump of launcher" in train and "in _count_all" in train
     assert "HANG SUSPECTED" in run.console and "Stack dump of launcher" in run.console
     assert re.search(rf"Error counting shard {fifo}: stalled for \d+ s; left out of the run", train)
