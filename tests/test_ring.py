@@ -25,7 +25,7 @@ from ae_train.data.datamodule import EpochDataLoader
 from ae_train.data.decode import SampleSpec
 from ae_train.data.make import _png, write_image_shards, write_shards
 from ae_train.data.reader import ShardBatches
-from ae_train.diagnose import WAITS
+from ae_train.diagnose.parse import WAITS
 from conftest import ROOT, alive, wait_for
 
 logs._state.setdefault("rank_tag", "test")  # workers stamp their log records with it
