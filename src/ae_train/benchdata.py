@@ -128,7 +128,8 @@ def _loader(cfg, urls, counts, workers: int, epoch: list[int]):
     ds = ShardBatches(urls, counts, "train_shards", cfg.data.sample_key, cfg.spec, cfg.data.batch_size,
                       workers, 0, 1, cfg.seed, cfg.data.shuffle, 0, buffer_bytes=cfg.data.buffer_mb << 20,
                       shuffle_buffer=cfg.data.shuffle_buffer)
-    return ds, EpochDataLoader(ds, lambda: (epoch[0], 0), batch_size=None, num_workers=workers,
+    slots = None if cfg.data.ring_slots < 0 else cfg.data.ring_slots  # as training sets it (train.py)
+    return ds, EpochDataLoader(ds, lambda: (epoch[0], 0), ring_slots=slots, batch_size=None, num_workers=workers,
                                pin_memory=torch.cuda.is_available(), persistent_workers=False,
                                multiprocessing_context="fork" if workers > 0 else None)
 
