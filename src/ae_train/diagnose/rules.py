@@ -95,7 +95,8 @@ def _launcher_checks(train: TrainLog | None, add) -> None:
             "are not in this run (a hung mount or server?)")
     if checks.hang and (checks.done is None or checks.done < checks.hang.time):
         t, msg = checks.hang
-        stage = msg.split("(last event: ", 1)[-1].rstrip(")")
+        stage = msg.split("(last event: ", 1)[-1]
+        stage = stage[:-1] if stage.endswith(")") else stage  # one closing paren: "shard(s)" keeps its own
         add("error", "launcher_checks", [], f"The launcher is stuck in its checks, no rank started yet: {stage} "
             f"(HANG SUSPECTED at {fmt_time(t)}); the launcher's stack dump is in the train log")
 
