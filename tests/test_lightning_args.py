@@ -2,7 +2,6 @@
 both flag forms, a config that round-trips, and a progress bar only on a terminal."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -90,20 +89,22 @@ def test_lightning_args_early_stopping_from_yaml_and_a_bad_one(shards, tmp_path)
     assert "monitor" in lines[0] and not list((tmp_path / "out2").rglob("debug_rank*.log"))
 
 
-@pytest.mark.parametrize("terminal", [True, False])
-def test_lightning_args_progress_bar_only_on_a_terminal(shards, tmp_path, terminal):
+@pytest.mark.parametrize("terminal,stty", [(True, ""), (True, " tostop"), (False, "")])
+def test_lightning_args_progress_bar_only_on_a_terminal(shards, tmp_path, terminal, stty):
+    """tostop: the ranks are background jobs of the terminal; they must not be stopped by writing to it."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "ae_train", "fit", f"--output_dir={out}", "--trainer.accelerator=cpu",
            "--trainer.devices=2", f"--data.train_shards={shards}/train-000000.tar", "--data.val_shards=",
-           "--data.batch_size=8", "--data.num_workers=1", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=true"]
-    env = dict(os.environ)
+           "--data.batch_size=8", "--data.num_workers=1", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=true",
+           "--log.hang_timeout_s=60"]  # a hang leaves the ranks' stacks in their logs before the timeout below
     if terminal:  # `script` gives the run a pseudo-terminal as its console (of 120 columns: tqdm reads the size)
         import shlex
-        r = subprocess.run(["script", "-qec", "stty cols 120 rows 40; " + " ".join(map(shlex.quote, cmd)), "/dev/null"],
-                           capture_output=True,
-                           text=True, timeout=180, cwd=ROOT, env=env)
-    else:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+        cmd = ["script", "-qec", f"stty cols 120 rows 40{stty}; " + " ".join(map(shlex.quote, cmd)), "/dev/null"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, text=True, timeout=180, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run hung; its logs end with:\n" + "\n".join(
+            f"--- {p.name}\n" + "\n".join(p.read_text().splitlines()[-40:]) for p in sorted((out / "logs").glob("*.log"))))
     assert r.returncode == 0, r.stdout + r.stderr
     logs = "".join(p.read_text() for p in (out / "logs").glob("*.log"))
     assert "it/s]" not in logs and "\r" not in logs  # never in the log files

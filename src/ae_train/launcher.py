@@ -203,8 +203,12 @@ def launch(cfg: Config, argv: list[str]) -> int:
 
 def _rank_preexec() -> None:
     """In each rank before exec: its own process group (so its DataLoader workers can be stopped with
-    it) and SIGTERM if the launcher dies (no orphan ranks holding GPUs)."""
+    it) and SIGTERM if the launcher dies (no orphan ranks holding GPUs). A process group of its own is
+    a background job of the terminal: with `stty tostop` its first console line would stop it
+    (SIGTTOU) and hang the run, so terminal job-control stops are ignored (writes then go through)."""
     os.setpgrp()
+    for stop in (signal.SIGTTOU, signal.SIGTTIN):  # SIG_IGN survives exec
+        signal.signal(stop, signal.SIG_IGN)
     try:
         import ctypes
 
