@@ -1,6 +1,6 @@
 """`ae-train bench-data`: can this machine's loader feed the GPUs?
 
-    ae-train bench-data --config FILE [--key=value ...] [--seconds=S]
+    ae-train bench-data --config FILE [--key=value ...] [--seconds=S] [--device=DEVICE]
 
 Runs the real training data path (the ShardBatches dataset and the DataLoader exactly as the
 DataModule builds them) over `data.train_shards` for one rank: first in one process (num_workers=0),
@@ -15,8 +15,8 @@ the rest; "read hidden" is the part of the read time the loader did not wait for
 these are summed over the workers; handing batches to the main process is not in them (it shows in
 samples/s), nor is the time a worker waited for the rank to free a ring slot.
 
-With a CUDA device at hand, a third run trains the configured model on it from the configured
-workers (one device, AdamW, bf16 autocast when trainer.precision is bf16) and reports samples/s and
+With a CUDA device at hand (or `--device=cpu`, to see the path without one), a third run trains
+the configured model on it from the configured workers (one device, AdamW, bf16 autocast when trainer.precision is bf16) and reports samples/s and
 the data-wait share: the host's time between the end of one step and the start of the next (taking
 the batch, starting its copy to the device) over the whole span, as bench/gpu_train.py measures it.
 """
@@ -29,15 +29,20 @@ from contextlib import contextmanager
 
 from .config import ConfigError, load_config, split_config_arg
 
-USAGE = "usage: ae-train bench-data --config FILE [--key=value ...] [--seconds=S]"
+USAGE = "usage: ae-train bench-data --config FILE [--key=value ...] [--seconds=S] [--device=DEVICE]"
 
 
-def _parse(args: list[str]) -> tuple[str | None, list[str], float]:
+def _parse(args: list[str]) -> tuple[str | None, list[str], float, str | None]:
     if "-h" in args or "--help" in args:
         raise ConfigError(USAGE)
     path, rest = split_config_arg(args)
-    seconds, overrides = 20.0, []
+    seconds, overrides, device = 20.0, [], None
     for a in rest:
+        if a.startswith("--device"):
+            device = a.split("=", 1)[1] if "=" in a else ""
+            if not (device == "cpu" or device.startswith("cuda")):
+                raise ConfigError(f"--device: expected cpu or cuda[:N], got '{device}'")
+            continue
         if not a.startswith("--seconds"):
             overrides.append(a)
             continue
@@ -48,7 +53,7 @@ def _parse(args: list[str]) -> tuple[str | None, list[str], float]:
             raise ConfigError(f"--seconds: expected a number of seconds, got '{value}'") from None
         if seconds <= 0:
             raise ConfigError(f"--seconds must be > 0, got {value}")
-    return path, overrides, seconds
+    return path, overrides, seconds, device
 
 
 @contextmanager
@@ -209,7 +214,7 @@ def train_steps(cfg, urls, counts, seconds: float, device: str) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    path, overrides, seconds = _parse(argv)
+    path, overrides, seconds, device = _parse(argv)
     cfg = load_config(path, overrides)
     from .data.shards import list_shards, sample_counts
     from .data.splits import probe
@@ -250,12 +255,14 @@ def main(argv: list[str]) -> int:
           f"{step_ms:.2f} ms; most loader time goes to {stage} ({used[stage]:.0%}){note}")
     import torch
 
-    if torch.cuda.is_available() and cfg.data.num_workers > 0:
+    if device is None and torch.cuda.is_available():
+        device = "cuda"
+    if device and cfg.data.num_workers > 0:
         from .data.splits import fit_model
 
         fit_model(cfg.model, cfg.spec, spec_from)
-        g = train_steps(cfg, urls, counts, seconds, "cuda")
-        print(f"gpu: {g['device']}: {cfg.data.num_workers} workers feeding the {cfg.model.arch} autoencoder "
+        g = train_steps(cfg, urls, counts, seconds, device)
+        print(f"steps: {g['device']}: {cfg.data.num_workers} workers feeding the {cfg.model.arch} autoencoder "
               f"(batch {cfg.data.batch_size}, {cfg.trainer.precision}): {g['rate']:,.0f} samples/s, "
               f"{g['steps'] / g['wall']:,.1f} steps/s; data wait {g['wait']:.1%} of the time")
     return 0
