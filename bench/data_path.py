@@ -51,7 +51,7 @@ from ae_train.data.ring import SlotRing  # noqa: E402
 from ae_train.data.tario import count_file  # noqa: E402
 
 
-logs._state.setdefault("rank_tag", "bench")  # workers stamp log records with it; only ranks set it up
+logs.set_tag("bench")  # its DataLoader workers stamp their log records "bench Worker w/K"
 
 
 def cpu_name() -> str:

@@ -44,7 +44,7 @@ from ae_train.data.splits import resolve  # noqa: E402
 from ae_train.model import AutoEncoder  # noqa: E402
 
 warnings.filterwarnings("ignore")
-logs._state.setdefault("rank_tag", "gpu_train")  # DataLoader workers stamp log records with it
+logs.set_tag("gpu_train")  # its DataLoader workers stamp their log records "gpu_train Worker w/K"
 
 
 class Clock(Callback):
@@ -109,7 +109,7 @@ def main() -> int:
     p.add_argument("--precision", default=None, help="default bf16-mixed on cuda, 32-true on cpu")
     p.add_argument("--small", action="store_true", help="input 64, batch 256, 2 workers, 4 x 2048 samples")
     p.add_argument("--dir", help="shard directory to (re)use")
-    p.add_argument("--ring-slots", type=int, default=None,
+    p.add_argument("--ring-slots", type=int, default=-1,
                    help="batch ring slots per worker (default: prefetch_factor + 3); 0: the DataLoader's own hand-over")
     a = p.parse_args()
     a.warmup = max(1, a.warmup)
@@ -133,7 +133,8 @@ def main() -> int:
 
     pl.seed_everything(0, verbose=False)
     facts = resolve(cfg)
-    dm = ShardDataModule(cfg.data, facts, cfg.seed, 0, ring_slots=a.ring_slots)
+    cfg.data.ring_slots = a.ring_slots  # -1: prefetch_factor + 3 per worker (data.ring_slots' auto)
+    dm = ShardDataModule(cfg.data, facts, cfg.seed, 0)
     model = AutoEncoder(cfg.model.input_dim, cfg.model.latent_dim, cfg.model.hidden_dims, cfg.model.activation,
                         cfg.model.lr, cfg.model.weight_decay, cfg.model.warmup_steps, total_steps=a.steps)
     clock = Clock(a.warmup, a.device == "cuda")

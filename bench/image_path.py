@@ -34,7 +34,7 @@ from ae_train.data.decode import SampleSpec  # noqa: E402
 from ae_train.data.make import split_sizes, synthetic_image_samples, write_image_shards  # noqa: E402
 from ae_train.data.reader import ShardBatches  # noqa: E402
 
-logs._state.setdefault("rank_tag", "bench")  # workers stamp log records with it; only ranks set it up
+logs.set_tag("bench")  # its DataLoader workers stamp their log records "bench Worker w/K"
 
 
 def make(directory: Path, shards: int, per_shard: int, size: int) -> list[str]:

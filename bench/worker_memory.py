@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from ae_train import logs  # noqa: E402
 from ae_train.data.reader import DEFAULT_BUFFER_BYTES, ShardBatches  # noqa: E402
 
-logs._state.setdefault("rank_tag", "bench")
+logs.set_tag("bench")  # its DataLoader workers stamp their log records "bench Worker w/K"
 
 
 def make(path: Path, samples: int, dim: int) -> None:

@@ -31,6 +31,30 @@ def test_reader_stream_above_buffer_limit_equals_fast_path(tmp_path):
     np.testing.assert_array_equal(np.sort(a, axis=0), np.sort(b, axis=0))
 
 
+def test_reader_stage_times_are_filled_by_the_reader_only_when_given(tmp_path):
+    import os
+
+    from ae_train.data.stagetimes import StageTimes
+
+    urls = make_shards(tmp_path, [37, 50, 9])
+    counts = [37, 50, 9]
+    plain = ShardBatches(urls, counts, "t", "x.npy", 16, 8, 0, 0, 1, 0, False)
+    fast_times, stream_times = StageTimes(), StageTimes()
+    fast = ShardBatches(urls, counts, "t", "x.npy", 16, 8, 0, 0, 1, 0, False, stage_times=fast_times)
+    streamed = ShardBatches(urls, counts, "t", "x.npy", 16, 8, 0, 0, 1, 0, False, buffer_bytes=0,
+                            stage_times=stream_times)
+    expected = _batches(plain)  # timing changes nothing in what is read
+    np.testing.assert_array_equal(_batches(fast), expected)
+    np.testing.assert_array_equal(_batches(streamed), expected)
+    t = fast_times.values()
+    assert t["bytes"] == sum(os.path.getsize(u) for u in urls)  # every shard read once, whole
+    assert t["read"] > 0 and t["decode"] > 0 and t["batches"] >= t["read_wait"] + t["decode"] > 0
+    assert t["slot_wait"] == 0  # no ring
+    t = stream_times.values()
+    assert t["read"] > 0 and t["read"] == t["read_wait"] and t["decode"] > 0 and t["bytes"] == 0
+    assert t["batches"] >= t["read"] + t["decode"]
+
+
 def test_reader_padding_repeats_real_samples_from_other_shards(tmp_path):
     bad, good = make_shards(tmp_path, [16, 16])
     with open(bad, "r+b") as f:  # corrupt after counting: found when read

@@ -2,10 +2,10 @@
 
     ae-train bench-data --config FILE [--key=value ...] [--seconds=S] [--device=DEVICE]
 
-Runs the real training data path (the ShardBatches dataset and the DataLoader exactly as the
-DataModule builds them) over `data.train_shards` for one rank: first in one process (num_workers=0),
-then with the configured `data.num_workers` (batches handed over through the batch ring,
-data/ring.py). Each run goes through epochs for `--seconds` (default 20; the last epoch is cut short
+Runs the real training data path (datamodule.make_loader: the dataset and loader training uses, its
+stages timed by the reader itself) over `data.train_shards` for one rank: first in one process (num_workers=0),
+then with the configured `data.num_workers` (batches handed over through the batch ring when
+data.ring_slots is set, data/ring.py). Each run goes through epochs for `--seconds` (default 20; the last epoch is cut short
 there), the workers starting anew every epoch as in training.
 Prints samples/s, MB/s of shard files read, batches/s, and where the loader's time goes: reading
 (the file reads, most of them done by a read-ahead thread while the previous shard is decoded and
@@ -22,12 +22,12 @@ the batch, starting its copy to the device) over the whole span, as bench/gpu_tr
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
-from contextlib import contextmanager
 
 from .config import ConfigError, load_config, split_config_arg
+from .data.datamodule import make_loader
+from .data.stagetimes import StageTimes
 
 USAGE = "usage: ae-train bench-data --config FILE [--key=value ...] [--seconds=S] [--device=DEVICE]"
 
@@ -56,118 +56,40 @@ def _parse(args: list[str]) -> tuple[str | None, list[str], float, str | None]:
     return path, overrides, seconds, device
 
 
-@contextmanager
-def _timed_stages(stats):
-    """Time the stages of ShardBatches._open where it calls them, in this process, its read-ahead
-    thread and in forked workers. stats: shared doubles [file reads s, decode s, bytes read,
-    time inside the batch generator s, time the loader waited for reads s, time waited for ring slots s]."""
-    from .data import reader, ring, tario
-
-    real = {name: getattr(reader, name) for name in ("read_shard_ahead", "sample_table", "gather_npy")}
-    real_read, real_iter = tario.read_shard, reader.ShardBatches._worker_batches
-    real_take = ring.SlotWriter.take
-
-    def add(i: int, value: float) -> None:
-        with stats.get_lock():
-            stats[i] += value
-
-    def read_shard(url):  # the file read itself, in the loader or in its read-ahead thread
-        t = time.perf_counter()
-        buf = real_read(url)
-        add(0, time.perf_counter() - t)
-        add(2, len(buf))
-        return buf
-
-    def timed(name, i):
-        def run(*args, **kwargs):
-            t = time.perf_counter()
-            try:
-                return real[name](*args, **kwargs)
-            finally:
-                add(i, time.perf_counter() - t)
-        return run
-
-    def timed_iter(self, worker):
-        it = real_iter(self, worker)
-        while True:
-            t = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                add(3, time.perf_counter() - t)
-                return
-            add(3, time.perf_counter() - t)
-            yield batch
-
-    def take(self):  # a ring slot: its wait is the rank's pace, not the loader's work
-        before = self.waited
-        try:
-            return real_take(self)
-        finally:
-            add(5, self.waited - before)
-
-    tario.read_shard = read_shard
-    reader.read_shard_ahead = timed("read_shard_ahead", 4)
-    reader.sample_table, reader.gather_npy = timed("sample_table", 1), timed("gather_npy", 1)
-    reader.ShardBatches._worker_batches = timed_iter
-    ring.SlotWriter.take = take
-    try:
-        yield
-    finally:
-        for name, fn in real.items():
-            setattr(reader, name, fn)
-        tario.read_shard, reader.ShardBatches._worker_batches = real_read, real_iter
-        ring.SlotWriter.take = real_take
+def _loader(cfg, split, workers: int, epoch: list[int], times: StageTimes | None = None):
+    """The training loader of one rank of one (datamodule.make_loader), its epoch set by `epoch[0]`."""
+    return make_loader(cfg.data, split, "train_shards", lambda: (epoch[0], 0), 0, 1, cfg.seed, cfg.data.shuffle,
+                       num_workers=workers, stage_times=times)
 
 
-def _loader(cfg, urls, counts, workers: int, epoch: list[int]):
-    """The dataset and DataLoader exactly as the DataModule builds them (ShardDataModule._loader)."""
-    import torch
-
-    from . import logs
-    from .data.datamodule import EpochDataLoader
-    from .data.reader import ShardBatches
-
-    # Workers stamp their log records with the rank's tag, which only a training rank sets up.
-    logs._state.setdefault("rank_tag", "bench-data")
-    ds = ShardBatches(urls, counts, "train_shards", cfg.data.sample_key, cfg.spec, cfg.data.batch_size,
-                      workers, 0, 1, cfg.seed, cfg.data.shuffle, 0, buffer_bytes=cfg.data.buffer_mb << 20,
-                      shuffle_buffer=cfg.data.shuffle_buffer)
-    slots = None if cfg.data.ring_slots < 0 else cfg.data.ring_slots  # as training sets it (train.py)
-    return ds, EpochDataLoader(ds, lambda: (epoch[0], 0), ring_slots=slots, batch_size=None, num_workers=workers,
-                               pin_memory=torch.cuda.is_available(), persistent_workers=False,
-                               multiprocessing_context="fork" if workers > 0 else None)
-
-
-def _measure(cfg, urls, counts, workers: int, seconds: float) -> dict:
-    epoch = [0]
-    ds, loader = _loader(cfg, urls, counts, workers, epoch)
-    stats = multiprocessing.Array("d", 6)
+def _measure(cfg, split, workers: int, seconds: float) -> dict:
+    epoch, times = [0], StageTimes()
+    loader = _loader(cfg, split, workers, epoch, times)
     samples = batches = 0
-    with _timed_stages(stats):
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:  # whole epochs (workers start anew in each, as in training)
-            it = iter(loader)
-            try:
-                for batch in it:
-                    samples += len(batch)
-                    batches += 1
-                    if time.perf_counter() - t0 >= seconds:
-                        break
-            finally:
-                del it  # stops the workers
-            epoch[0] += 1
-        wall = time.perf_counter() - t0
-    read, decode, nbytes, inside, waited, slots = stats[:]
-    batching = max(0.0, (inside - slots if workers else wall) - waited - decode)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:  # whole epochs (workers start anew in each, as in training)
+        it = iter(loader)
+        try:
+            for batch in it:
+                samples += len(batch)
+                batches += 1
+                if time.perf_counter() - t0 >= seconds:
+                    break
+        finally:
+            del it  # stops the workers
+        epoch[0] += 1
+    wall = time.perf_counter() - t0
+    t = times.values()
+    read, decode, waited = t["read"], t["decode"], t["read_wait"]
+    batching = max(0.0, (t["batches"] - t["slot_wait"] if workers else wall) - waited - decode)
     busy = read + decode + batching
-    return dict(workers=workers, samples=samples, batches=batches, wall=wall, nbytes=nbytes,
+    return dict(workers=workers, samples=samples, batches=batches, wall=wall, nbytes=t["bytes"],
                 read=read / busy if busy else 0.0, decode=decode / busy if busy else 0.0,
-                batching=batching / busy if busy else 0.0, epochs=batches / len(ds),
+                batching=batching / busy if busy else 0.0, epochs=batches / len(loader.dataset),
                 hidden=1 - waited / read if read else 0.0)
 
 
-def train_steps(cfg, urls, counts, seconds: float, device: str) -> dict:
+def train_steps(cfg, split, seconds: float, device: str) -> dict:
     """The configured workers feeding training steps of the configured model on `device` for about
     `seconds` (after 10 warm-up steps): samples/s and the host's share of time waiting for batches."""
     import torch
@@ -180,7 +102,7 @@ def train_steps(cfg, urls, counts, seconds: float, device: str) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     dtype = torch.bfloat16 if cfg.trainer.precision.startswith("bf16") else None
     epoch, cuda = [0], device.startswith("cuda")
-    _, loader = _loader(cfg, urls, counts, cfg.data.num_workers, epoch)
+    loader = _loader(cfg, split, cfg.data.num_workers, epoch)
     steps, wait, t0, warm = 0, 0.0, None, 10
     while t0 is None or time.perf_counter() - t0 < seconds:
         it = iter(loader)
@@ -216,21 +138,22 @@ def train_steps(cfg, urls, counts, seconds: float, device: str) -> dict:
 def main(argv: list[str]) -> int:
     path, overrides, seconds, device = _parse(argv)
     cfg = load_config(path, overrides)
-    from .data.shards import list_shards, sample_counts
-    from .data.splits import probe
+    from . import logs
+    from .data.splits import resolve
     from .data.urls import local_path
 
-    urls = list_shards(cfg.data.train_shards, "data.train_shards")
-    counts, problems = sample_counts(urls, cfg.data.sample_key, "data.train_shards")
-    cfg.spec, spec_from = probe(urls, cfg.data.sample_key, "data.train_shards", cfg.data.count_timeout_s)
+    logs.set_tag("bench-data")  # its DataLoader workers stamp their log records with it
+    cfg.data.val_shards = ""  # one split is measured: the training one
+    split = resolve(cfg).splits["train_shards"]
+    urls, counts, problems, spec = split.urls, split.counts, split.problems, split.spec
     total = sum(counts)
     size = sum(os.path.getsize(local_path(u)) for u in urls) if all(local_path(u) for u in urls) else 0
     print(f"bench-data: {len(urls)} shards, {total:,} samples ({size / 1e6:,.1f} MB), {cfg.data.sample_key} of "
-          f"{cfg.spec.describe()}, batch {cfg.data.batch_size}, shuffle {str(cfg.data.shuffle).lower()}; "
+          f"{spec.describe()}, batch {cfg.data.batch_size}, shuffle {str(cfg.data.shuffle).lower()}; "
           f"one rank, up to {seconds:g} s per run" + (f"; {len(problems)} shard(s) with problems" if problems else ""))
-    runs = [_measure(cfg, urls, counts, 0, seconds)]
+    runs = [_measure(cfg, split, 0, seconds)]
     if cfg.data.num_workers > 0:
-        runs.append(_measure(cfg, urls, counts, cfg.data.num_workers, seconds))
+        runs.append(_measure(cfg, split, cfg.data.num_workers, seconds))
     print(f"{'run':<12} {'workers':>7} {'samples/s':>11} {'MB/s':>8} {'batches/s':>10} {'read':>6} {'decode':>7} "
           f"{'batching':>9} {'read hidden':>12} {'time':>7} {'epochs':>7}")
     for r in runs:
@@ -258,10 +181,7 @@ def main(argv: list[str]) -> int:
     if device is None and torch.cuda.is_available():
         device = "cuda"
     if device and cfg.data.num_workers > 0:
-        from .data.splits import fit_model
-
-        fit_model(cfg.model, cfg.spec, spec_from)
-        g = train_steps(cfg, urls, counts, seconds, device)
+        g = train_steps(cfg, split, seconds, device)
         print(f"steps: {g['device']}: {cfg.data.num_workers} workers feeding the {cfg.model.arch} autoencoder "
               f"(batch {cfg.data.batch_size}, {cfg.trainer.precision}): {g['rate']:,.0f} samples/s, "
               f"{g['steps'] / g['wall']:,.1f} steps/s; data wait {g['wait']:.1%} of the time")

@@ -41,6 +41,17 @@ def logging_installed() -> bool:
     return _state["installed"]
 
 
+def set_tag(tag: str) -> None:
+    """The stamp of this process's records in a tool that is not a rank (a benchmark); its DataLoader
+    workers stamp `<tag> Worker w/K`."""
+    _state.update(rank_tag=tag, tag=tag)
+
+
+def console():
+    """The stream of the terminal the run was started from (kept before fd 1/2 went to the debug log), or None."""
+    return _state["console"]
+
+
 def set_worker(worker: int, num_workers: int) -> None:
     """Called at the top of a DataLoader worker's iteration: its records get `Worker w/K`."""
     _state["worker"] = (worker, num_workers)

@@ -176,8 +176,7 @@ def main(cfg: Config) -> int:
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     facts = _data_facts(cfg, rank, world)
-    datamodule = ShardDataModule(cfg.data, facts, cfg.seed, rank,
-                                 ring_slots=None if cfg.data.ring_slots < 0 else cfg.data.ring_slots)
+    datamodule = ShardDataModule(cfg.data, facts, cfg.seed, rank)
     model = _model(cfg, facts, total_steps=_optimizer_steps(cfg, datamodule.steps_per_epoch(world)))
     has_val = bool(cfg.data.val_shards.strip())
     ckpt_dir = Path(cfg.output_dir) / "checkpoints"

@@ -16,7 +16,7 @@ from .. import logs
 
 
 def console_is_terminal() -> bool:
-    console = logs._state.get("console")
+    console = logs.console()
     try:
         return console is not None and console.isatty()
     except (OSError, ValueError):
@@ -27,7 +27,7 @@ class ConsoleProgressBar(TQDMProgressBar):
     @contextmanager
     def _on_console(self):
         saved = sys.stdout
-        sys.stdout = logs._state["console"]  # Lightning's bars are made with file=sys.stdout
+        sys.stdout = logs.console()  # Lightning's bars are made with file=sys.stdout
         try:
             yield
         finally:

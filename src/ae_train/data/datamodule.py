@@ -13,7 +13,7 @@ from ..config import DataConfig
 from .plan import batches_per_rank
 from .reader import ShardBatches
 from .ring import SlotRing
-from .splits import DataFacts
+from .splits import DataFacts, Split
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +21,26 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
 
+def make_loader(cfg: DataConfig, split: Split, name: str, state_fn, rank: int, world: int, seed: int, shuffle: bool,
+                epoch: int = 0, num_workers: int | None = None, stage_times=None) -> "EpochDataLoader":
+    """One split's ShardBatches and its loader, as training reads them (`ae-train bench-data` measures
+    this same loader; `stage_times` lets the reader time its stages). `state_fn()` gives (epoch about to
+    run, its batches already trained) at each iteration's start."""
+    workers = cfg.num_workers if num_workers is None else num_workers
+    ds = ShardBatches(split.urls, split.counts, name, cfg.sample_key, split.spec, cfg.batch_size, workers, rank, world,
+                      seed, shuffle, epoch, buffer_bytes=cfg.buffer_mb << 20, shuffle_buffer=cfg.shuffle_buffer,
+                      stage_times=stage_times)
+    ds.plan_errors = len(split.problems)  # shards found broken when counted: errors of every epoch
+    # batch_size=None: workers yield whole batches; fork keeps the rank's log handlers in workers.
+    return EpochDataLoader(ds, state_fn, ring_slots=None if cfg.ring_slots < 0 else cfg.ring_slots, batch_size=None,
+                           num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                           worker_init_fn=_worker_init, multiprocessing_context="fork" if workers > 0 else None)
+
+
 class ShardDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: DataConfig, facts: DataFacts, seed: int, rank: int = 0, ring_slots: int | None = None):
+    def __init__(self, cfg: DataConfig, facts: DataFacts, seed: int, rank: int = 0):
         super().__init__()
         self.cfg, self.facts, self.seed, self.rank = cfg, facts, seed, rank
-        self.ring_slots = ring_slots  # batch ring slots per worker (EpochDataLoader); 0: the DataLoader's hand-over
         self.train_set: ShardBatches | None = None
         self.val_set: ShardBatches | None = None
         self._reported = False
@@ -44,22 +59,9 @@ class ShardDataModule(pl.LightningDataModule):
         """Training batches per rank in every epoch (the epoch plan's count, the same on all ranks)."""
         return batches_per_rank(sum(self.facts.splits["train_shards"].counts), world, self.cfg.batch_size)
 
-    def _dataset(self, name: str, shuffle: bool) -> ShardBatches:
-        split = self.facts.splits[name]
-        ds = ShardBatches(split.urls, split.counts, name, self.cfg.sample_key, split.spec, self.cfg.batch_size,
-                          self.cfg.num_workers, self.trainer.global_rank, self.trainer.world_size,
-                          self.seed, shuffle, self.trainer.current_epoch, buffer_bytes=self.cfg.buffer_mb << 20,
-                          shuffle_buffer=self.cfg.shuffle_buffer)
-        ds.plan_errors = len(split.problems)  # shards found broken when counted: errors of every epoch
-        return ds
-
-    def _loader(self, ds: ShardBatches) -> DataLoader:
-        # batch_size=None: workers yield whole batches; fork keeps the rank's log handlers in workers.
-        return EpochDataLoader(ds, self._epoch_state if ds.name == "train_shards" else self._val_state,
-                               ring_slots=self.ring_slots, batch_size=None,
-                               num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(),
-                               persistent_workers=False, worker_init_fn=_worker_init,
-                               multiprocessing_context="fork" if self.cfg.num_workers > 0 else None)
+    def _loader(self, name: str, shuffle: bool, state_fn) -> "EpochDataLoader":
+        return make_loader(self.cfg, self.facts.splits[name], name, state_fn, self.trainer.global_rank,
+                           self.trainer.world_size, self.seed, shuffle, self.trainer.current_epoch)
 
     def _epoch_state(self) -> tuple[int, int]:
         """(epoch about to run, its batches already trained: non-zero only right after a mid-epoch resume)."""
@@ -71,14 +73,16 @@ class ShardDataModule(pl.LightningDataModule):
         return self.trainer.current_epoch, 0
 
     def train_dataloader(self) -> DataLoader:
-        self.train_set = self._dataset("train_shards", self.cfg.shuffle)
-        return self._loader(self.train_set)
+        loader = self._loader("train_shards", self.cfg.shuffle, self._epoch_state)
+        self.train_set = loader.dataset
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         if "val_shards" not in self.facts.splits:
             return []
-        self.val_set = self._dataset("val_shards", False)
-        return self._loader(self.val_set)
+        loader = self._loader("val_shards", False, self._val_state)
+        self.val_set = loader.dataset
+        return loader
 
 
 def _worker_init(worker_id: int) -> None:

@@ -45,8 +45,8 @@ class NoReadableSamples(RuntimeError):
 class _Batcher:
     """Fills preallocated batches slot by slot (rows in blocks, members one by one)."""
 
-    def __init__(self, spec: SampleSpec, batch_size: int, new=None):
-        self.spec, self.batch_size = spec, batch_size
+    def __init__(self, spec: SampleSpec, batch_size: int, new=None, times=None):
+        self.spec, self.batch_size, self.times = spec, batch_size, times
         self._new = new or (lambda: np.empty((batch_size, *spec.shape), spec.dtype))
         self.cur: np.ndarray | None = None  # taken when its first sample comes: a ring slot only while filled
         self.fill = 0
@@ -72,7 +72,10 @@ class _Batcher:
         if self.cur is None:
             self.cur = self._new()
         try:
-            decode_into(self.spec, data, self.cur[self.fill])
+            if self.times is None:
+                decode_into(self.spec, data, self.cur[self.fill])
+            else:
+                self.times.timed("decode", decode_into, self.spec, data, self.cur[self.fill])
         except ShardError as e:
             raise ShardError(f"sample {key}: {e}") from None
         self.fill += 1
@@ -85,7 +88,8 @@ class ShardBatches(IterableDataset):
 
     def __init__(self, urls: list[str], counts: list[int], name: str, sample_key: str, spec: SampleSpec | int,
                  batch_size: int, num_workers: int, rank: int, world: int, seed: int, shuffle: bool, epoch: int = 0,
-                 buffer_bytes: int = DEFAULT_BUFFER_BYTES, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
+                 buffer_bytes: int = DEFAULT_BUFFER_BYTES, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+                 stage_times=None):
         super().__init__()
         self.urls, self.counts, self.name = urls, counts, name
         # An int is the old form: vectors of that length from .npy members.
@@ -94,6 +98,7 @@ class ShardBatches(IterableDataset):
         self.num_workers, self.rank, self.world = num_workers, rank, world
         self.seed, self.shuffle, self.epoch = seed, shuffle, epoch
         self.buffer_bytes, self.shuffle_buffer = buffer_bytes, shuffle_buffer
+        self.stage_times = stage_times  # a StageTimes the reader fills (bench-data); None: no clock reads
         self.plan: EpochPlan = make_plan(counts, world, num_workers, batch_size, seed, epoch, shuffle)
         # Shard errors of this epoch, summed over this rank's workers (forked workers share it).
         self.errors = multiprocessing.Value("i", 0)
@@ -131,7 +136,7 @@ class ShardBatches(IterableDataset):
             skip = len(range(worker, self.skip_batches, num))
             self._log_skip(skip)
             self._writer = self.ring.writer(worker)
-            self._writer.feed(self._kept(self._worker_batches(worker), skip))
+            self._writer.feed(self._kept(self._timed(self._worker_batches(worker)), skip))
             return
         # The DataLoader takes batch i of an iterator from worker i % K, and epoch batch j came from plan
         # worker j % K. A resumed iterator starts at epoch batch `skip_batches`, so its worker w serves
@@ -140,9 +145,12 @@ class ShardBatches(IterableDataset):
         plan_worker = (worker + self.skip_batches) % num
         skip = len(range(plan_worker, self.skip_batches, num))
         self._log_skip(skip)
-        for i, batch in enumerate(self._worker_batches(plan_worker)):
+        for i, batch in enumerate(self._timed(self._worker_batches(plan_worker))):
             if i >= skip:
                 yield torch.from_numpy(batch)
+
+    def _timed(self, batches):
+        return batches if self.stage_times is None else self.stage_times.timed_iter("batches", batches)
 
     def _log_skip(self, skip: int) -> None:
         if skip:
@@ -158,8 +166,17 @@ class ShardBatches(IterableDataset):
     def _new_batch(self) -> np.ndarray:
         """Where the next batch is built: a free ring slot in a ring worker, else new memory."""
         if self._writer is not None:
-            return self._writer.take()
+            return self._take_slot()
         return np.empty((self.batch_size, *self.spec.shape), self.spec.dtype)
+
+    def _take_slot(self) -> np.ndarray:
+        if self.stage_times is None:
+            return self._writer.take()
+        before = self._writer.waited
+        try:
+            return self._writer.take()
+        finally:
+            self.stage_times.add("slot_wait", self._writer.waited - before)
 
     def _fast(self, url: str) -> bool:
         """Local, uncompressed, `.npy`, and small enough to hold whole."""
@@ -177,7 +194,7 @@ class ShardBatches(IterableDataset):
                  wp.shards, len(self.urls), self.name, self.epoch, wp.samples, wp.batches)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         t0, produced, samples, errors = time.perf_counter(), 0, 0, 0
-        batcher, last = _Batcher(self.spec, self.batch_size, self._new_batch), None
+        batcher, last = _Batcher(self.spec, self.batch_size, self._new_batch, self.stage_times), None
         for k, piece in enumerate(wp.pieces):
             url, t_shard, n = self.urls[piece.shard], time.perf_counter(), 0
             following = wp.pieces[k + 1].shard if k + 1 < len(wp.pieces) else None
@@ -239,7 +256,7 @@ class ShardBatches(IterableDataset):
             if self._writer is None:
                 yield rows[order[pos:pos + self.batch_size]].reshape(shape)
             else:
-                out = self._writer.take()
+                out = self._take_slot()
                 torch.index_select(src, 0, index[pos:pos + self.batch_size],
                                    out=torch.from_numpy(out).view(self.batch_size, -1))
                 yield out
@@ -284,6 +301,8 @@ class ShardBatches(IterableDataset):
         url = self.urls[piece.shard]
         log.debug("Opening shard %s (samples %d..%d of %d)", url, piece.start, piece.stop, self.counts[piece.shard])
         stream, samples = open_samples(url, {self.sample_key})
+        if self.stage_times is not None:
+            samples = self.stage_times.timed_iter(("read", "read_wait"), samples)  # nothing read ahead here
         try:
             index, pool = 0, []
             for key, parts in samples:
@@ -316,13 +335,19 @@ class ShardBatches(IterableDataset):
         """float32 rows [start, stop) of the shard's samples that hold `sample_key`: (n, size)."""
         url = self.urls[piece.shard]
         log.debug("Opening shard %s (samples %d..%d of %d)", url, piece.start, piece.stop, self.counts[piece.shard])
-        buf = read_shard_ahead(local_path(url), local_path(ahead) if ahead else None)  # reads the next one meanwhile
+        times = self.stage_times
+        # Reads the next shard meanwhile.
+        buf = read_shard_ahead(local_path(url), local_path(ahead) if ahead else None, times)
+        t = time.perf_counter() if times is not None else 0.0
         members = sample_table(buf, self.sample_key)
         if len(members) < piece.stop:
             raise ShardError(f"holds {len(members)} '{self.sample_key}' samples, the index says "
                              f"{self.counts[piece.shard]} (run `ae-train index` again)")
         chosen = members[piece.start:piece.stop]
-        return gather_npy(buf, chosen, chosen.keys, self.spec.size)
+        rows = gather_npy(buf, chosen, chosen.keys, self.spec.size)
+        if times is not None:
+            times.add("decode", time.perf_counter() - t)
+        return rows
 
 
 def gather_npy(buf: bytes, members, keys, input_dim: int) -> np.ndarray:

@@ -172,10 +172,15 @@ def _free_buffer(size: int):
         return b, memoryview(b)
 
 
-def read_shard(url: str):
+def read_shard(url: str, times=None):
     """The whole file as a bytes-like buffer (slices are bytes), like `open(url, "rb").read()`, but
     into a buffer of this process that is reused once nothing views it any more: no fresh pages to
-    fault in for every shard, and views of the previous shard's buffer stay valid."""
+    fault in for every shard, and views of the previous shard's buffer stay valid. `times`: a
+    StageTimes that gets the read's seconds and bytes (bench-data)."""
+    if times is not None:
+        buf = times.timed("read", read_shard, url)
+        times.add("bytes", len(buf))
+        return buf
     with open(url, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
@@ -200,14 +205,14 @@ class _ReadAhead:
     """read_shard(url) in a background thread: the read releases the GIL, so on a second core the
     next shard arrives while the caller decodes and batches this one."""
 
-    def __init__(self, url: str):
-        self.url, self.pid, self.buf, self.error = url, os.getpid(), None, None
+    def __init__(self, url: str, times=None):
+        self.url, self.pid, self.buf, self.error, self.times = url, os.getpid(), None, None, times
         self.thread = threading.Thread(target=self._run, name="ae-shard-read-ahead", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
-            self.buf = read_shard(self.url)
+            self.buf = read_shard(self.url, self.times)
         except BaseException as e:  # handed to the caller that asks for this shard
             self.error = e
 
@@ -216,10 +221,17 @@ _AHEAD: list = [None]  # the read-ahead in flight
 _HOLD: list = [None]  # a view of the buffer last returned: not free for the read-ahead before the next call
 
 
-def read_shard_ahead(url: str, next_url: str | None = None):
+def read_shard_ahead(url: str, next_url: str | None = None, times=None):
     """read_shard(url), taken from the read-ahead started by the previous call when it was for `url`;
     then, with `next_url`, starts reading that one. Errors are the same as read_shard's. The buffer
-    returned stays reserved until the next call (the caller's own views keep it after that)."""
+    returned stays reserved until the next call (the caller's own views keep it after that).
+    `times` (StageTimes): reads as read_shard counts them, and this call's own wait as read_wait."""
+    if times is not None:
+        return times.timed("read_wait", _read_shard_ahead, url, next_url, times)
+    return _read_shard_ahead(url, next_url, None)
+
+
+def _read_shard_ahead(url: str, next_url: str | None, times):
     pending, _AHEAD[0] = _AHEAD[0], None
     buf = None
     if pending is not None and pending.url == url and pending.pid == os.getpid():
@@ -229,12 +241,12 @@ def read_shard_ahead(url: str, next_url: str | None = None):
             raise error
         buf = pending.buf
     if buf is None:
-        buf = read_shard(url)
+        buf = read_shard(url, times)
     held, _HOLD[0] = _HOLD[0], memoryview(buf)
     if held is not None:
         held.release()
     if next_url is not None:
-        _AHEAD[0] = _ReadAhead(next_url)
+        _AHEAD[0] = _ReadAhead(next_url, times)
     return buf
 
 
