@@ -170,3 +170,29 @@ def test_faults_sigterm_to_the_ranks_as_a_scheduler_sends_it(tmp_path):
     assert (out / "checkpoints" / "last.ckpt").is_file() and "continue with --resume=auto" in console
     time.sleep(1)
     assert alive(pids_in("".join(p.read_text() for p in (out / "logs").glob("*.log")))) == []
+
+
+@pytest.mark.parametrize("signalled", [(1,), (0, 1)])
+def test_faults_sigterm_to_some_ranks_stops_all_at_one_step(tmp_path, signalled):
+    """SIGTERM to rank 1 alone (a scheduler's signal, a lost parent), or to both ranks back to back: every
+    rank stops at the same step and last.ckpt is saved. Before, rank 1 alone (or the rank signalled a
+    moment earlier) stopped at its own step's end while the other waited for it in the next collective."""
+    make_shards(tmp_path / "d", [200] * 4)
+    out = tmp_path / "out"
+    proc = start(out, f"--data.train_shards={tmp_path}/d", "--data.val_shards=", "--data.batch_size=8",
+                 "--data.num_workers=2", "--trainer.max_epochs=3", "--debug=true", "--log.train_every=5",
+                 "--trainer.callbacks=ddp_helpers.SlowSteps")
+    wait_for(out / "logs" / "debug_rank1_*.log", r"Training step 10, ", 120)
+    text = "".join(p.read_text() for p in sorted((out / "logs").glob("debug_rank*.log")))
+    pids = [int(p) for p in re.findall(r"Debug log of rank \d/2: host=\S+ pid=(\d+)", text)]
+    for rank in signalled:
+        os.kill(pids[rank], signal.SIGTERM)
+    console, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, console
+    train = "".join(p.read_text() for p in (out / "logs").glob("train_*.log"))
+    step = re.search(r"\[Rank 0/2\] Received SIGTERM at epoch 0 step (\d+); saved \S+last\.ckpt", train)
+    assert step, train
+    for r in (0, 1):  # both ranks stopped at that step
+        debug = next((out / "logs").glob(f"debug_rank{r}_*.log")).read_text()
+        assert f"Received SIGTERM at epoch 0 step {step[1]}; saved" in debug, (r, debug[-3000:])
+    assert (out / "checkpoints" / "last.ckpt").is_file() and "continue with --resume=auto" in console

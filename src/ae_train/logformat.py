@@ -120,6 +120,53 @@ COMPLETED = Message("COMPLETED iteration, total samples: %d (epoch %d, batches %
                     re.compile(rb"COMPLETED iteration, total samples: (\d+) \(epoch (\d+), batches (\d+)"
                                rb"(?:[^)]*, ([A-Za-z_]\w*)\))?"))
 
+SKIP_REST = Message("Skipping the rest of shard %s: %s", ("/data/train-000004.tar", "truncated tar: ..."),
+                   re.compile(rb"Skipping the rest of shard (.+?): (.*)"))
+PADDING = Message("%s: worker read %d of %d planned samples; padding %d batch(es) with repeats to keep batch counts "
+                  "equal across ranks", ("train_shards", 80, 120, 5),
+                  re.compile(rb"(\S+): worker read (\d+) of (\d+) planned samples; padding (\d+) batch"),
+                  doc_cut="batch(es) ")
+RESUME_SKIP = Message("Resuming mid-epoch %d: skipping the %d batch(es) of this worker already trained", (1, 11),
+                      re.compile(rb"Resuming mid-epoch (\d+): skipping the (\d+) batch"))
+RING_WORKER = Message("Batch ring: %d batches handed over, %.3fs waiting for the rank to free a slot", (31, 0.412),
+                      re.compile(rb"Batch ring: (\d+) batches handed over, ([\d.]+)s waiting"))
+
+# ---- a rank's main process, about its data (data/datamodule.py, data/reader.py, data/ring.py) ----
+SPLIT_SUMMARY = Message("%s: %d shards, %d samples of %s", ("train_shards", 40, 400000, "256 values"),
+                        re.compile(rb"(\w+): (\d+) shards, (\d+) samples of (.*)"))
+EQUALIZED = Message("Equalized %s for epoch %d: %d ranks x %d batches of %d; dropped %d samples, padded %d",
+                    ("train_shards", 0, 2, 15, 8, 3, 0),
+                    re.compile(rb"Equalized (\S+) for epoch (\d+): (\d+) ranks x (\d+) batches of (\d+); "
+                               rb"dropped (\d+) samples, padded (\d+)"))
+RING_MADE = Message("Batch ring for %s: %d workers x %d slots of %d bytes (%.1f MB)%s",
+                    ("train_shards", 2, 5, 262144, 2.5, ""), re.compile(rb"Batch ring for (\S+): (\d+) workers x (\d+) slots"))
+RING_COPIES = Message("Batch ring: %d batches handed over as copies so far: the training step kept more than %d batches "
+                      "of one worker alive", (3, 3), re.compile(rb"Batch ring: (\d+) batches handed over as copies"),
+                      doc_cut="so far: ")
+RING_PIN_FAILED = Message("Could not pin the batch ring (%d MB): %s; device copies will not overlap",
+                          (40, "cudaHostRegister error 1"), re.compile(rb"Could not pin the batch ring \((\d+) MB\): (.*)"))
+
+# ---- data checks before any rank (launcher, or rank 0 under torchrun: data/shards.py, data/splits.py) ----
+LISTED = Message("%s: %d shard(s), first %s", ("data.train_shards", 8000, "/data/train-000000.tar"),
+                 re.compile(rb"(data\.\w+): (\d+) shard\(s\), first (.*)"))
+INDEX_IGNORED = Message("Ignoring unreadable shard index %s: %s", ("/data/ae_index.json", "not JSON: ..."),
+                        re.compile(rb"Ignoring unreadable shard index (.+?): (.*)"))
+COUNTING = Message("%s: counting samples in %d shard(s)", ("data.train_shards", 12),
+                   re.compile(rb"(data\.\w+): counting samples in (\d+) shard"))
+COUNT_PROGRESS = Message("%s: counted %d/%d shards (%.0f s); reading %s", ("data.train_shards", 7, 12, 5, "<url>"),
+                         re.compile(rb"(data\.\w+): counted (\d+)/(\d+) shards \((\d+) s\); reading (.*)"))
+COUNTED = Message("%s: counted %d of %d shards by %s in %.1fs (not in %s; `ae-train index` saves this)",
+                  ("data.train_shards", 12, 8000, "reading them", 6.1, "ae_index.json"),
+                  re.compile(rb"(data\.\w+): counted (\d+) of (\d+) shards by (.+?) in ([\d.]+)s"),
+                  doc_cut="ae_index.json; ")
+PROBING = Message("%s: checking the first sample", ("data.train_shards",),
+                  re.compile(rb"(data\.\w+): checking the first sample"))
+NO_FIRST_SAMPLE = Message("%s: no first sample from %s: %s", ("data.train_shards", "<url>", "empty tar"),
+                          re.compile(rb"(data\.\w+): no first sample from (.+?): (.*)"))
+PROBED = Message("%s: %d samples; each '%s' holds %s (from %s)",
+                 ("data.train_shards", 8000000, "png", "784 values (1x28x28)", "<url>"),
+                 re.compile(rb"(data\.\w+): (\d+) samples; each '(.+?)' holds (.*) \(from (.*)\)"))
+
 # ---- the launcher (train log, tag `Launcher`) ----
 CHECKING = Message("Checking the data of run %s before starting ranks", ("20261129_050102",),
                    re.compile(rb"Checking the data of run (\S+)"))

@@ -15,7 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-FORMAT = "%(asctime)s [%(levelname)s] [%(tag)s] %(message)s"
+from . import logformat as lf
+
+FORMAT = lf.LINE_FORMAT
 RUN_TS_ENV = "AE_TRAIN_RUN_TS"
 # INFO records of these loggers are per-rank detail: debug logs only, never the train log or console.
 DEBUG_ONLY = ("ae_train.data", "ae_train.callbacks.debug", "ae_train.callbacks.watchdog", "stdout", "stderr")

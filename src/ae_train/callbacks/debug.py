@@ -45,6 +45,7 @@ class DebugCallback(Callback):
         self.split = StepSplit(torch.cuda.is_available())  # replaced in setup() by the trainer's device
         self._hooks: list = []  # torch optimizer hook handles
         self._loop = None       # the training epoch loop whose step-start sync we time
+        self._untimed = None    # that loop's own step-start check (an instance attribute), put back at the end
         self._t_window = 0.0
         self._window_batches = 0
         self._val_batches = 0
@@ -58,13 +59,13 @@ class DebugCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The end of the optimizer step: a torch hook, since no Lightning hook runs right after it.
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
-        # In DDP, Lightning (2.x) starts every step with a broadcast from rank 0 (its SIGTERM check), before
+        # In DDP every step starts with a collective (the SIGTERM check, PreemptionCallback or Lightning), before
         # the batch is fetched: a rank slow after its backward (optimizer, callbacks) is waited for there.
         # That wait is time spent waiting for the other ranks, as in the gradient all-reduce, so it counts
         # as backward, not as data wait. Without that method (another Lightning) the split stays as it is.
         loop = trainer.fit_loop.epoch_loop
-        check = getattr(loop, "_broadcast_sigterm_tensor", None)
-        if callable(check) and "_broadcast_sigterm_tensor" not in vars(loop):
+        check = getattr(loop, "_broadcast_sigterm_tensor", None)  # PreemptionCallback's, or Lightning's own
+        if callable(check) and not getattr(check, "timed_by_debug", False):
             def step_start_sync() -> None:
                 if self._train_open:
                     self.split.mark(OTHER)  # the loop's work since the last batch end
@@ -73,6 +74,8 @@ class DebugCallback(Callback):
                 finally:
                     if self._train_open:
                         self.split.mark(BACKWARD)
+            step_start_sync.timed_by_debug = True
+            self._untimed = vars(loop).get("_broadcast_sigterm_tensor")
             loop._broadcast_sigterm_tensor = step_start_sync
             self._loop = loop
 
@@ -80,8 +83,11 @@ class DebugCallback(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for h in self._hooks:
             h.remove()
-        if self._loop is not None:
-            vars(self._loop).pop("_broadcast_sigterm_tensor", None)  # the loop's own method again
+        if self._loop is not None:  # the check as it was before on_train_start
+            if self._untimed is None:
+                vars(self._loop).pop("_broadcast_sigterm_tensor", None)
+            else:
+                self._loop._broadcast_sigterm_tensor = self._untimed
         self._hooks, self._loop = [], None
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:

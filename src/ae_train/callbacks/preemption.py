@@ -1,10 +1,16 @@
 """Preemption: SIGTERM/SIGINT stop every rank at the same step boundary with one saved checkpoint.
 
-The signal handler only sets Lightning's `received_sigterm` flag (nothing else is safe inside a
-handler: Lightning's own handler broadcasts a tensor from it, which can collide with a collective
-that is in flight). At the start of each training step Lightning broadcasts rank 0's flag and all
-ranks raise SIGTERMException together; `on_exception` then saves `last.ckpt` (a collective, which
-every rank reaches at the same point) and the rank exits with 128 + signal number.
+The signal handler only notes the signal (nothing else is safe inside a handler: Lightning's own
+broadcasts a tensor from it, which can collide with a collective that is in flight). With several
+ranks it does not set Lightning's `received_sigterm` either: Lightning also reads that flag on each
+rank alone (at the end of a step, of an epoch, in validation), and a rank whose signal came a moment
+before the others' would stop there alone while the others wait for it in the next collective (a
+scheduler's SIGTERMs reach the ranks at slightly different times). Instead, Lightning's check at the
+start of each training step becomes an all-reduce of every rank's note (Lightning broadcasts rank
+0's flag only, so a signal to any other rank alone went unheard): when any rank was signalled, every
+rank sets the flag and raises SIGTERMException at that same step; `on_exception` then saves
+`last.ckpt` (a collective, which every rank reaches at the same point) and the rank exits with
+128 + signal number.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from typing_extensions import override
@@ -31,6 +38,17 @@ class PreemptionCallback(Callback):
         self._saved = False
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Before any callback's on_train_start: DebugCallback times whatever this check is.
+        loop = trainer.fit_loop.epoch_loop
+        if stage == "fit" and trainer.world_size > 1 and callable(getattr(loop, "_broadcast_sigterm_tensor", None)):
+            loop._broadcast_sigterm_tensor = lambda: self._stop_together(trainer)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        vars(trainer.fit_loop.epoch_loop).pop("_broadcast_sigterm_tensor", None)
+
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.ckpt_path:
             log.info("Resuming from %s at epoch %d, step %d", trainer.ckpt_path, trainer.current_epoch,
@@ -43,7 +61,17 @@ class PreemptionCallback(Callback):
         if self.signal is None:
             self.signal = signal.Signals(signum)
             self._t_signal = time.monotonic()
-        trainer._signal_connector.received_sigterm = True  # read by Lightning at the next step boundary
+        if trainer.world_size == 1:  # one rank: Lightning's own checks stop it at the step's end
+            trainer._signal_connector.received_sigterm = True
+
+    def _stop_together(self, trainer: pl.Trainer) -> None:
+        """At the start of each training step (in place of Lightning's broadcast of rank 0's flag): stop
+        every rank here when any rank was signalled."""
+        flag = torch.tensor([0 if self.signal is None else 1], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item():  # Lightning's check waited for this value on every step as well
+            trainer._signal_connector.received_sigterm = True
+            raise SIGTERMException()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

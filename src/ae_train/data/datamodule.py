@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
+from .. import logformat as lf
 from .. import stacks
 from ..config import DataConfig
 from .plan import batches_per_rank
@@ -50,10 +51,10 @@ class ShardDataModule(pl.LightningDataModule):
             return
         self._reported = True
         for name, split in self.facts.splits.items():
-            log.info("%s: %d shards, %d samples of %s", name, len(split.urls), sum(split.counts), split.spec.describe())
+            log.info(lf.SPLIT_SUMMARY.template, name, len(split.urls), sum(split.counts), split.spec.describe())
             if self.rank == 0:  # once per run, into the train log as well
                 for url, why in split.problems.items():
-                    log.error("Error reading shard %s: %s", url, why)
+                    log.error(lf.SHARD_ERROR.template, url, why)
 
     def steps_per_epoch(self, world: int) -> int:
         """Training batches per rank in every epoch (the epoch plan's count, the same on all ranks)."""
@@ -128,7 +129,7 @@ class EpochDataLoader(DataLoader):
             self.ring = SlotRing(self.num_workers, self._ring_slots, (self.dataset.batch_size, *spec.shape),
                                  spec.dtype, pin=self._pin)
             self.dataset.ring = self.ring
-            log.debug("Batch ring for %s: %d workers x %d slots of %d bytes (%.1f MB)%s", self.dataset.name,
+            log.debug(lf.RING_MADE.template, self.dataset.name,
                       self.num_workers, self._ring_slots, self.ring.slot_bytes, self.ring.nbytes / 2**20,
                       ", pinned" if self.ring.pinned else "")
         return self.ring.iterate(super().__iter__, start=done)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .. import logformat as lf
 from .. import logs
 from .decode import SampleSpec, decode_into
 from .plan import EpochPlan, Piece, make_plan
@@ -83,6 +84,18 @@ class _Batcher:
             yield self._full()
 
 
+class _Tally:
+    """What a worker's epoch has produced so far: batches left to make, samples read, shard errors, and
+    the last batch handed out (padding repeats its real samples)."""
+
+    def __init__(self, batches: int):
+        self.left, self.samples, self.errors, self.last = batches, 0, 0, None
+
+    def took(self, batch: np.ndarray) -> None:
+        self.left -= 1
+        self.last = batch
+
+
 class ShardBatches(IterableDataset):
     """One split's batches for one rank; `len()` is the rank's batch count for the current epoch."""
 
@@ -115,8 +128,7 @@ class ShardBatches(IterableDataset):
             self.epoch, self._announced = epoch, True
             self.plan = make_plan(self.counts, self.world, self.num_workers, self.batch_size, self.seed, epoch,
                                   self.shuffle)
-            log.info("Equalized %s for epoch %d: %d ranks x %d batches of %d; dropped %d samples, padded %d",
-                     self.name, epoch, self.world, self.plan.batches_per_rank, self.batch_size,
+            log.info(lf.EQUALIZED.template, self.name, epoch, self.world, self.plan.batches_per_rank, self.batch_size,
                      self.plan.dropped, self.plan.padded)
         with self.errors.get_lock():
             self.errors.value = 0
@@ -129,7 +141,7 @@ class ShardBatches(IterableDataset):
         worker, num = (info.id, info.num_workers) if info else (0, 1)
         if info is not None:
             logs.set_worker(worker, num)
-            log.info("Worker started pid=%d", os.getpid())
+            log.info(lf.WORKER_STARTED.template, os.getpid())
         if self.ring is not None and info is not None:
             # The whole epoch in this first fetch: batches go into ring slots, the rank takes them there.
             # After a resume the ring reads worker skip_batches % K first, so worker w keeps its own plan.
@@ -154,7 +166,7 @@ class ShardBatches(IterableDataset):
 
     def _log_skip(self, skip: int) -> None:
         if skip:
-            log.info("Resuming mid-epoch %d: skipping the %d batch(es) of this worker already trained", self.epoch, skip)
+            log.info(lf.RESUME_SKIP.template, self.epoch, skip)
 
     def _kept(self, batches, skip: int):
         for i, batch in enumerate(batches):
@@ -189,52 +201,60 @@ class ShardBatches(IterableDataset):
             return True  # the fast path's open names the error
 
     def _worker_batches(self, worker: int):
+        """This worker's planned batches, in order: its shard pieces read and batched (a partial batch
+        carries over into the next piece), then padding with real samples if any read fell short."""
         wp = self.plan.workers[self.rank][worker]  # the plan was made for this many workers
-        log.info("Processing %d/%d files from %s (epoch %d, %d samples, %d batches)",
-                 wp.shards, len(self.urls), self.name, self.epoch, wp.samples, wp.batches)
+        log.info(lf.PROCESSING.template, wp.shards, len(self.urls), self.name, self.epoch, wp.samples, wp.batches)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
-        t0, produced, samples, errors = time.perf_counter(), 0, 0, 0
-        batcher, last = _Batcher(self.spec, self.batch_size, self._new_batch, self.stage_times), None
+        t0, tally = time.perf_counter(), _Tally(wp.batches)
+        batcher = _Batcher(self.spec, self.batch_size, self._new_batch, self.stage_times)
         for k, piece in enumerate(wp.pieces):
-            url, t_shard, n = self.urls[piece.shard], time.perf_counter(), 0
             following = wp.pieces[k + 1].shard if k + 1 < len(wp.pieces) else None
-            try:
-                if self._fast(url):
-                    ahead = self.urls[following] if following not in (None, piece.shard) else None
-                    rows = self._open(piece, ahead if ahead and self._fast(ahead) else None)
-                    n = len(rows)
-                    for batch in self._gathered(rows, rng, batcher, wp.batches - produced):
-                        last, produced = batch, produced + 1
-                        yield batch
-                else:
-                    for key, data in self._streamed(piece, rng):
-                        n += 1
-                        for batch in batcher.add_member(key, data):
-                            last, produced = batch, produced + 1
-                            yield batch
-                        if produced == wp.batches:
-                            break
-            except (OSError, ShardError) as e:
-                if piece.start > 0:  # the reader of the shard's first samples reports and counts it
-                    log.debug("Skipping the rest of shard %s: %s", url, reason(e))
-                else:
-                    errors += 1
-                    with self.errors.get_lock():
-                        self.errors.value += 1
-                    log.error("Error reading shard %s: %s; skipped", url, reason(e))
-            samples += n
-            if n:
-                log.debug("Finished shard %s: %d samples in %.3fs", url, n, time.perf_counter() - t_shard)
-            if produced == wp.batches:
+            yield from self._piece_batches(piece, following, rng, batcher, tally)
+            if tally.left == 0:
                 break
-        missing = wp.batches - produced
-        if missing > 0:  # shard errors or stale counts: repeat real samples to keep ranks in step
-            log.warning("%s: worker read %d of %d planned samples; padding %d batch(es) with repeats to keep "
-                        "batch counts equal across ranks", self.name, samples, wp.samples, missing)
-            for batch in self._padding(batcher, last, missing):
+        if tally.left > 0:  # shard errors or stale counts: repeat real samples to keep ranks in step
+            log.warning(lf.PADDING.template, self.name, tally.samples, wp.samples, tally.left)
+            yield from self._padding(batcher, tally.last, tally.left)
+        log.info(lf.COMPLETED.template, tally.samples, self.epoch, wp.batches, wp.shards, tally.errors,
+                 time.perf_counter() - t0, self.name)
+
+    def _piece_batches(self, piece: Piece, following: int | None, rng: np.random.Generator, batcher: "_Batcher",
+                       tally: "_Tally"):
+        """The batches completed by one shard piece; a read error is reported (once per shard) and ends it."""
+        url, t_shard, read = self.urls[piece.shard], time.perf_counter(), [0]
+        try:
+            batches = self._fast_piece(piece, following, rng, batcher, tally.left, read) if self._fast(url) \
+                else self._streamed_piece(piece, rng, batcher, tally, read)
+            for batch in batches:
+                tally.took(batch)
                 yield batch
-        log.info("COMPLETED iteration, total samples: %d (epoch %d, batches %d, shards %d, errors %d, %.1fs, %s)",
-                 samples, self.epoch, wp.batches, wp.shards, errors, time.perf_counter() - t0, self.name)
+        except (OSError, ShardError) as e:
+            if piece.start > 0:  # the reader of the shard's first samples reports and counts it
+                log.debug(lf.SKIP_REST.template, url, reason(e))
+            else:
+                tally.errors += 1
+                with self.errors.get_lock():
+                    self.errors.value += 1
+                log.error(lf.SHARD_ERROR.template, url, reason(e))
+        tally.samples += read[0]
+        if read[0]:
+            log.debug(lf.FINISHED_SHARD.template, url, read[0], time.perf_counter() - t_shard)
+
+    def _fast_piece(self, piece: Piece, following: int | None, rng, batcher: "_Batcher", limit: int, read: list):
+        """The fast path: the piece's rows gathered from the whole shard in memory (the next one read ahead)."""
+        ahead = self.urls[following] if following not in (None, piece.shard) else None
+        rows = self._open(piece, ahead if ahead and self._fast(ahead) else None)
+        read[0] = len(rows)
+        yield from self._gathered(rows, rng, batcher, limit)
+
+    def _streamed_piece(self, piece: Piece, rng, batcher: "_Batcher", tally: "_Tally", read: list):
+        """Any other shard: raw members streamed (shuffle buffer), each decoded into the batch being filled."""
+        for key, data in self._streamed(piece, rng):
+            read[0] += 1
+            yield from batcher.add_member(key, data)
+            if tally.left == 0:
+                break
 
     def _gathered(self, rows: np.ndarray, rng: np.random.Generator, batcher: _Batcher, limit: int):
         """Batches of `rows` (n, size) in shuffled order, at most `limit`: the partial batch left by the
@@ -299,7 +319,7 @@ class ShardBatches(IterableDataset):
     def _streamed(self, piece: Piece, rng: np.random.Generator | None):
         """(key, raw input member) of samples [start, stop) of the shard, in shuffle-buffer order when shuffling."""
         url = self.urls[piece.shard]
-        log.debug("Opening shard %s (samples %d..%d of %d)", url, piece.start, piece.stop, self.counts[piece.shard])
+        log.debug(lf.OPENING.template, url, piece.start, piece.stop, self.counts[piece.shard])
         stream, samples = open_samples(url, {self.sample_key})
         if self.stage_times is not None:
             samples = self.stage_times.timed_iter(("read", "read_wait"), samples)  # nothing read ahead here
@@ -334,7 +354,7 @@ class ShardBatches(IterableDataset):
     def _open(self, piece: Piece, ahead: str | None) -> np.ndarray:
         """float32 rows [start, stop) of the shard's samples that hold `sample_key`: (n, size)."""
         url = self.urls[piece.shard]
-        log.debug("Opening shard %s (samples %d..%d of %d)", url, piece.start, piece.stop, self.counts[piece.shard])
+        log.debug(lf.OPENING.template, url, piece.start, piece.stop, self.counts[piece.shard])
         times = self.stage_times
         # Reads the next shard meanwhile.
         buf = read_shard_ahead(local_path(url), local_path(ahead) if ahead else None, times)

@@ -48,6 +48,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from .. import logformat as lf
+
 log = logging.getLogger(__name__)
 PAGE = mmap.PAGESIZE
 END, FAILED = -1, -2
@@ -257,7 +259,7 @@ class SlotWriter:
             self._mark(FAILED)
             raise
         self._mark(END)
-        log.debug("Batch ring: %d batches handed over, %.3fs waiting for the rank to free a slot",
+        log.debug(lf.RING_WORKER.template,
                   self._published - 1, self.waited)
 
 
@@ -321,8 +323,7 @@ class RingIterator:
                 raise RuntimeError(f"a ring worker yielded {type(item).__name__} instead of filling slots")
             self._inner = None
             if self._ring.copies:
-                log.debug("Batch ring: %d batches handed over as copies so far: the training step kept more "
-                          "than %d batches of one worker alive", self._ring.copies, self._ring.slots - 2)
+                log.debug(lf.RING_COPIES.template, self._ring.copies, self._ring.slots - 2)
         raise StopIteration
 
     def close(self) -> None:
@@ -381,10 +382,10 @@ def _register(address: int, nbytes: int) -> bool:
     try:
         err = torch.cuda.cudart().cudaHostRegister(address, nbytes, 0)
     except Exception as e:  # no CUDA runtime bindings: copies stay synchronous
-        log.warning("Could not pin the batch ring (%d MB): %s; device copies will not overlap", nbytes >> 20, e)
+        log.warning(lf.RING_PIN_FAILED.template, nbytes >> 20, e)
         return False
     if int(err) != 0:
-        log.warning("Could not pin the batch ring (%d MB): cudaHostRegister error %s", nbytes >> 20, err)
+        log.warning(lf.RING_PIN_FAILED.template, nbytes >> 20, f"cudaHostRegister error {err}")
         return False
     return True
 

@@ -17,6 +17,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+from .. import logformat as lf
 from ..logs import HEARTBEAT
 from .stream import count_stream
 from .tario import ShardError, count_file
@@ -53,10 +54,10 @@ def _load_index(url: str, cache: dict) -> dict:
             cache[where] = {}
         except OSError as e:  # absent remote index: curl 22, S3 NoSuchKey, ...
             if local_path(where) is not None:
-                log.warning("Ignoring unreadable shard index %s: %s", where, reason(e))
+                log.warning(lf.INDEX_IGNORED.template, where, reason(e))
             cache[where] = {}
         except ValueError as e:
-            log.warning("Ignoring unreadable shard index %s: %s", where, e)
+            log.warning(lf.INDEX_IGNORED.template, where, e)
             cache[where] = {}
     return cache[where]
 
@@ -148,7 +149,7 @@ def _count_all(urls: list[str], key: str, timeout_s: float, total: int) -> dict[
 
     t0 = last = time.monotonic()
     last_done = 0
-    log.info("%s: counting samples in %d shard(s)", key, len(urls))
+    log.info(lf.COUNTING.template, key, len(urls))
     pending = list(urls)
     while True:
         while pending and slots.acquire(blocking=False):
@@ -161,7 +162,7 @@ def _count_all(urls: list[str], key: str, timeout_s: float, total: int) -> dict[
                 if url not in results and timeout_s and now - since > timeout_s:
                     results[url] = TimeoutError(f"no count within {timeout_s:g} s (data.count_timeout_s): "
                                                 "the read is stalled (a hung mount or server?)")
-                    log.error("Error counting shard %s: stalled for %.0f s; left out of the run", url, now - since)
+                    log.error(lf.COUNT_STALLED.template, url, now - since)
                     slots.release()  # its thread stays blocked; another shard takes the slot
             done = len(results)
         if done == len(urls):
@@ -170,12 +171,12 @@ def _count_all(urls: list[str], key: str, timeout_s: float, total: int) -> dict[
             last = now
             reading = [u for u in started if u not in results]
             # A line with no shard finished since the last one is a heartbeat, not progress.
-            log.info("%s: counted %d/%d shards (%.0f s); reading %s", key, done, len(urls), now - t0,
+            log.info(lf.COUNT_PROGRESS.template, key, done, len(urls), now - t0,
                      reading[0] if reading else "-", extra=HEARTBEAT if done == last_done else None)
             last_done = done
         time.sleep(0.02)
     plain = all(local_path(u) is not None and not is_compressed(u) for u in urls)
-    log.info("%s: counted %d of %d shards by %s in %.1fs (not in %s; `ae-train index` saves this)", key, len(urls),
+    log.info(lf.COUNTED.template, key, len(urls),
              total, "tar header scan" if plain else "reading them", time.monotonic() - t0, INDEX_NAME)
     return results
 

@@ -14,6 +14,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from .. import logformat as lf
 from ..config import Config, ConfigError, DataConfig, ModelConfig
 from .decode import SampleSpec, decode, decoder_of, spec_of
 from .shards import COUNTS_ENV, DataError, error_limit, list_shards, reading, reason, sample_counts
@@ -115,7 +116,7 @@ def probe(urls: list[str], sample_key: str, key: str, timeout_s: float) -> tuple
                                  f"reading the first sample of {url}"), url
         except (OSError, ShardError) as e:  # this shard's fault: its readers report it; try the next
             errors.append(f"{url}: {reason(e)}")
-            log.warning("%s: no first sample from %s: %s", key, url, reason(e))
+            log.warning(lf.NO_FIRST_SAMPLE.template, key, url, reason(e))
     raise DataError(f"{key}: no first sample can be read ({len(errors)} shard(s) tried); {errors[0]}")
 
 
@@ -143,7 +144,7 @@ def resolve(cfg: Config, known: dict | None = None, listed: dict[str, list[str]]
             continue
         key = f"data.{name}"
         urls = (listed or {}).get(name) or list_shards(spec_text, key)
-        log.info("%s: %d shard(s), first %s", key, len(urls), urls[0])
+        log.info(lf.LISTED.template, key, len(urls), urls[0])
         counts, problems = sample_counts(urls, data.sample_key, key, known, data.count_timeout_s)
         limit = error_limit(data.max_shard_errors, len(urls))
         if len(problems) > limit:
@@ -151,9 +152,9 @@ def resolve(cfg: Config, known: dict | None = None, listed: dict[str, list[str]]
             raise DataError(f"{key}: {len(problems)} of {len(urls)} shards cannot be used, over the limit of {limit} "
                             f"(data.max_shard_errors={data.max_shard_errors:g}); first: {url}: {why}")
         good = [u for u, n in zip(urls, counts) if n > 0]
-        log.info("%s: checking the first sample", key)
+        log.info(lf.PROBING.template, key)
         spec, src = probe(good, data.sample_key, key, data.count_timeout_s)
-        log.info("%s: %d samples; each '%s' holds %s (from %s)", key, sum(counts), data.sample_key,
+        log.info(lf.PROBED.template, key, sum(counts), data.sample_key,
                  spec.describe(), src)
         facts.splits[name] = Split(urls, counts, problems, spec, src)
     train = facts.splits["train_shards"]
