@@ -72,7 +72,7 @@ def test_benchdata_bad_input_is_one_line(config, tmp_path):
 def test_benchdata_train_steps_measure_the_data_wait(config):
     """The training-steps run (made by default where CUDA is), here with --device=cpu: real steps fed by
     the workers through the batch ring, with the share of the time the host waited for batches."""
-    r = _bench("--config", str(config), "--seconds=1", "--data.batch_size=32", "--data.ring_slots=-1", "--device=cpu")
+    r = _bench("--config", str(config), "--seconds=1", "--data.batch_size=32", "--device=cpu")
     assert r.returncode == 0, r.stdout + r.stderr
     m = re.search(r"^steps: cpu: 2 workers feeding the mlp autoencoder \(batch 32, 32-true\): ([\d,]+) samples/s, "
                   r"([\d,.]+) steps/s; data wait ([\d.]+)% of the time$", r.stdout, re.M)

@@ -44,10 +44,10 @@ class DataConfig:
     """Local uncompressed `.npy` shards up to this size are read whole into a reused buffer (the fast
     path; a worker holds two: one read, one read ahead). Larger shards, and every remote or
     compressed one, are streamed."""
-    ring_slots: int = 0
-    """Experimental: batches cross from DataLoader workers through a ring of this many reused
-    shared-memory slots per worker (-1: prefetch factor + 3); 0, the default, is the DataLoader's own
-    per-batch hand-over."""
+    ring_slots: int = -1
+    """Batches cross from DataLoader workers through a ring of this many reused shared-memory slots
+    per worker (-1, the default: prefetch factor + 3); 0: the DataLoader's own per-batch hand-over
+    (a new shared-memory segment, a pickle and a queue round trip per batch)."""
     shuffle_buffer: int = 1000
     """Streamed shards are shuffled through a buffer of this many samples (raw, undecoded members)."""
     count_timeout_s: int = 300
