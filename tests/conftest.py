@@ -98,6 +98,14 @@ def error_run(tmp_path_factory) -> tuple[Run, Path]:
     return run, bad
 
 
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    """An empty logs directory of a run directory (tmp_path/out/logs), for logs a test writes."""
+    d = tmp_path / "out" / "logs"
+    d.mkdir(parents=True)
+    return d
+
+
 def start(out: Path, *flags: str) -> subprocess.Popen:
     """`ae-train fit` in the background, for tests that signal or inspect a live run."""
     cmd = [sys.executable, "-m", "ae_train", "fit", f"--output_dir={out}", "--trainer.accelerator=cpu",

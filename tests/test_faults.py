@@ -15,7 +15,7 @@ import pytest
 import webdataset as wds
 
 from conftest import DIM, ROOT, alive, fit, make_shards, pids_in, start, wait_for
-from test_train import markers
+from helpers import markers
 
 
 def _tar(path: Path, samples: list[dict]) -> str:

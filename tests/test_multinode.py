@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DIM, ROOT, TESTS, make_shards
-from test_train import markers
+from helpers import markers
 
 MODEL = [f"--model.input_dim={DIM}", "--model.latent_dim=4", "--model.hidden_dims=32"]
 

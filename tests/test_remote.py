@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, fit, make_shards
-from test_train import markers
+from helpers import markers
 
 SIZE = 16  # 3 x 16 x 16 images
 

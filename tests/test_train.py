@@ -7,21 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fit, make_shards
+from conftest import BS, EPOCHS, fit, make_shards
+from helpers import markers
 
-from conftest import BS, EPOCHS
-MARKER = re.compile(r"========== (SANITY CHECK|EPOCH (\d+) (TRAINING|VALIDATION)) (START|END) ==========(?: batches=(\d+))?")
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\] \[(Rank \d+/\d+(?: Worker \d+/\d+)?|Launcher)\] ")
 
 
 def sh(cmd: str, cwd: Path) -> str:
     """Run one of the guide's shell commands verbatim in the logs directory."""
     return subprocess.run(["bash", "-c", cmd], cwd=cwd, capture_output=True, text=True, timeout=30).stdout
-
-
-def markers(text: str) -> list[tuple[str, str | None]]:
-    """[(name, batches)] in file order, e.g. ('EPOCH 0 TRAINING END', '36')."""
-    return [(f"{m.group(1)} {m.group(4)}", m.group(5)) for m in MARKER.finditer(text)]
 
 
 def expected_order(epochs: int) -> list[str]:
