@@ -127,6 +127,14 @@ def alive(pids: list[int]) -> list[int]:
     return [p for p in pids if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text()]
 
 
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Poll until none of pids is alive; returns those still alive after timeout (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive(pids)
+
+
 def pids_in(text: str) -> list[int]:
     """Rank and worker PIDs named in logs (debug log headers and `Worker started` lines)."""
     return [int(p) for p in re.findall(r"(?:Debug log of rank \d+/\d+: host=\S+ pid=|Worker started pid=)(\d+)", text)]
