@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ae_train import logformat as lf
@@ -16,6 +17,18 @@ from conftest import ROOT, make_shards, pids_in, start, wait_for, wait_gone
 def _diagnose(logs: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ae_train", "diagnose", str(logs), *args], capture_output=True,
                           text=True, timeout=60, cwd=ROOT)
+
+
+def _diagnose_once_stalled(logs: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`diagnose --json`, polled until the run has been silent long enough to count as stalled (as a
+    user would run it on a stuck run), or until timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = _diagnose(logs, "--json")
+        assert report.returncode == 0, report.stderr
+        if json.loads(report.stdout)["state"] == "stalled" or time.monotonic() > deadline:
+            return report
+        time.sleep(0.5)
 
 
 def _kill_run(proc: subprocess.Popen, logs: Path) -> None:
@@ -84,9 +97,8 @@ def test_watchdog_rank_missing_at_epoch_end_collective(tmp_path):
         assert "EPOCH 0 TRAINING END" not in next(logs.glob("debug_rank1_*.log")).read_text()
         for rank in (0, 1):  # the last line of each rank's alert
             wait_for(logs / f"debug_rank{rank}_*.log", r"Resources at hang: rss", 30)
+        report = _diagnose_once_stalled(logs)
         text = _diagnose(logs).stdout
-        report = _diagnose(logs, "--json")
-        assert report.returncode == 0, report.stderr
         assert "DDP synchronization" in text, text
         assert re.search(r"Stuck between TRAINING END and VALIDATION START: DDP synchronization problem\. "
                          r"Arrived \(wrote EPOCH 0 TRAINING END at [^)]*\): rank 0\. Not arrived: rank 1\.", text), text
