@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the autoencoder on every GPU of this node (2 CPU ranks over gloo where there is no GPU).
 #   ./train_ae.sh                                  demo data, made under data/demo/ on first use
+#   AE_DEMO_DATA=/scratch/demo ./train_ae.sh       the same, with the demo data made and read there
 #   ./train_ae.sh --config configs/images_demo.yaml   conv AE on demo images, made under data/images_demo/
 #   ./train_ae.sh --config configs/my.yaml --trainer.max_epochs=20
 # Flags are --key=value overrides of the config (see `ae-train config --help`); later flags win.
@@ -25,10 +26,15 @@ done
 
 if [ "$has_config" = 0 ]; then
   # No config given: the demo. Its shards are made once; a user's own config never gets demo data.
-  if [ ! -f data/demo/ae_index.json ]; then
-    "$PYTHON" -m ae_train make-shards --demo --out data/demo
+  demo=${AE_DEMO_DATA:-data/demo}
+  if [ ! -f "$demo/ae_index.json" ]; then
+    "$PYTHON" -m ae_train make-shards --demo --out "$demo"
   fi
-  args=(--config configs/demo.yaml "${args[@]}")
+  shards=()  # configs/demo.yaml reads data/demo/; elsewhere, the same shards (make-shards --demo names them)
+  if [ -n "${AE_DEMO_DATA:-}" ]; then
+    shards=(--data.train_shards="$demo/train-{000000..000007}.tar" --data.val_shards="$demo/val-{000000..000001}.tar")
+  fi
+  args=(--config configs/demo.yaml "${shards[@]}" "${args[@]}")
 fi
 
 # Several nodes: run this script on each with NNODES, NODE_RANK and MASTER_ADDR (node 0) set.

@@ -98,6 +98,14 @@ def error_run(tmp_path_factory) -> tuple[Run, Path]:
     return run, bad
 
 
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    """An empty logs directory of a run directory (tmp_path/out/logs), for logs a test writes."""
+    d = tmp_path / "out" / "logs"
+    d.mkdir(parents=True)
+    return d
+
+
 def start(out: Path, *flags: str) -> subprocess.Popen:
     """`ae-train fit` in the background, for tests that signal or inspect a live run."""
     cmd = [sys.executable, "-m", "ae_train", "fit", f"--output_dir={out}", "--trainer.accelerator=cpu",
@@ -117,6 +125,14 @@ def wait_for(path_glob: Path, pattern: str, timeout: float) -> None:
 
 def alive(pids: list[int]) -> list[int]:
     return [p for p in pids if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text()]
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Poll until none of pids is alive; returns those still alive after timeout (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive(pids)
 
 
 def pids_in(text: str) -> list[int]:

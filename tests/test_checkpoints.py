@@ -15,7 +15,7 @@ import torch
 from ae_train.checkpoint_files import newest_good, remove_leftovers, verify
 from ae_train.config import ConfigError, load_config, resume_path
 from conftest import ROOT, fit, make_shards, start, wait_for
-from test_train import markers
+from helpers import markers
 
 STEPS = 250  # batches per rank per epoch in the step-checkpoint runs: 4000 samples / (2 ranks x 8)
 

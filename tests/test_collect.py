@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ae_train.collect import main, tail_lines
-from test_diagnose import TS, RankLog, finished_run
+from helpers import TS, RankWriter, finished_run
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def run(tmp_path: Path) -> Path:
     logs = out / "logs"
     logs.mkdir(parents=True)
     finished_run(logs, epochs=3)  # > 100 lines per debug log, so the tail is a real cut
-    RankLog(logs, 0, 2, pid=os.getpid(), host=os.uname().nodename)  # a second header: this process's PID
+    RankWriter(logs, 0, 2, pid=os.getpid(), host=os.uname().nodename)  # a second header: this process's PID
     (out / "config.yaml").write_text("data:\n  batch_size: 8\n")
     (out / "config_resolved.yaml").write_text("seed: 1\n")
     return logs
@@ -74,7 +74,7 @@ def test_collect_bad_input_exits_2(tmp_path, capsys):
 
 
 def test_collect_run_selection_and_output_name(run, tmp_path):
-    RankLog(run, 0, 1, ts="20261130_000000").train(0, end=False)
+    RankWriter(run, 0, 1, ts="20261130_000000").train(0, end=False)
     out = tmp_path / "old.tar.gz"
     assert main([str(run), "--run", TS, "-o", str(out)]) == 0
     assert all(TS in n for n in names(out) if "/logs/" in n)

@@ -1,5 +1,5 @@
 """Straggler diagnosis (diagnose/speed.py): the rules on logs written through the writers' templates
-(ae_train.logformat, see test_diagnose.RankWriter), then real 2-rank DDP runs where one rank is made slow for real (tests/slow_helpers.py).
+(ae_train.logformat, see helpers.RankWriter), then real 2-rank DDP runs where one rank is made slow for real (tests/slow_helpers.py).
 
 Four runs of one epoch over the same 16 small shards, each step with 10 ms of forward on every rank:
 balanced; rank 1's shard opens take 0.6 s (slow storage: its input is the straggler); rank 1's forward
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BS, fit, make_shards
-from test_diagnose import NOW, T0, RankWriter, finding, logs, train_log  # noqa: F401 (logs: a fixture)
+from helpers import NOW, T0, RankWriter, finding, kinds, train_log
 from ae_train import logformat as lf
 from ae_train.diagnose import diagnose_run, format_report, main
 
@@ -45,10 +45,6 @@ def runs(shards, tmp_path_factory):
         assert run.proc.returncode == 0, run.console + run.text("*.log")
         out[name] = run
     return out
-
-
-def kinds(report: dict) -> list[str]:
-    return [f["kind"] for f in report["findings"]]
 
 
 def split(data, fwd, bwd, opt=2.0, clock="cpu clock") -> tuple[str, str]:

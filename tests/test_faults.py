@@ -7,15 +7,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import webdataset as wds
 
-from conftest import DIM, ROOT, alive, fit, make_shards, pids_in, start, wait_for
-from test_train import markers
+from conftest import DIM, ROOT, fit, make_shards, pids_in, start, wait_for, wait_gone
+from helpers import markers
 
 
 def _tar(path: Path, samples: list[dict]) -> str:
@@ -110,8 +109,7 @@ def test_faults_sigterm_saves_and_resume_continues(tmp_path):
     step = int(m.group(1))
     assert "Stopped by SIGTERM; continue with --resume=auto" in console
     all_text = "".join(p.read_text() for p in (out / "logs").glob("*.log"))
-    time.sleep(1)
-    assert alive(pids_in(all_text)) == [], "no orphan ranks or workers"
+    assert wait_gone(pids_in(all_text), 30) == [], "no orphan ranks or workers"
 
     run = fit(out, *flags, "--resume=auto", timeout=150)
     assert run.proc.returncode == 0, run.console + run.text("*.log")
@@ -135,47 +133,25 @@ def test_faults_sigterm_saves_and_resume_continues(tmp_path):
                                                ("KillRank1", "exited with code -9 (killed by SIGKILL)")])
 def test_faults_dead_rank_stops_the_run(tmp_path, helper, exit_text):
     make_shards(tmp_path / "d", [100] * 4)
-    t0 = time.monotonic()
+    # The survivor would wait 600 s in its next collective: only the launcher stopping it ends the run
+    # within the subprocess timeout (a hang guard, not a measurement).
     run = fit(tmp_path / "out", f"--data.train_shards={tmp_path}/d", "--data.val_shards=", "--data.batch_size=8",
-              "--data.num_workers=2", "--trainer.max_epochs=2", "--trainer.ddp_timeout_s=60",
-              f"--trainer.callbacks=ddp_helpers.{helper}", timeout=120)
-    elapsed = time.monotonic() - t0
-    assert run.proc.returncode == 1 and elapsed < 60, (elapsed, run.console)
+              "--data.num_workers=2", "--trainer.max_epochs=2", "--trainer.ddp_timeout_s=600",
+              f"--trainer.callbacks=ddp_helpers.{helper}", timeout=180)
+    assert run.proc.returncode == 1, run.console
     train = run.text("train_*.log")
     assert re.search(rf"\[ERROR\] \[Launcher\] Rank 1 \(pid \d+\) {re.escape(exit_text)}; stopping the other ranks", train)
     if helper == "CrashOnRank1":
         assert "[ERROR] [Rank 1/2] Uncaught exception: RuntimeError: injected failure on rank 1\nTraceback" in train
         assert "injected failure on rank 1\nTraceback" in run.text("debug_rank1_*.log")
-    time.sleep(1)
-    assert alive(pids_in(run.text("*.log"))) == []
-
-
-def test_faults_sigterm_to_the_ranks_as_a_scheduler_sends_it(tmp_path):
-    """SIGTERM straight to every rank process (not the launcher): the same clean, resumable stop."""
-    make_shards(tmp_path / "d", [200] * 4)
-    out = tmp_path / "out"
-    proc = start(out, f"--data.train_shards={tmp_path}/d", "--data.val_shards=", "--data.batch_size=8",
-                 "--data.num_workers=2", "--trainer.max_epochs=3", "--debug=true", "--log.train_every=5",
-                 "--trainer.callbacks=ddp_helpers.SlowSteps")
-    wait_for(out / "logs" / "debug_rank1_*.log", r"Training step 10, ", 120)
-    text = "".join(p.read_text() for p in (out / "logs").glob("debug_rank*.log"))
-    ranks = [int(p) for p in re.findall(r"Debug log of rank \d/2: host=\S+ pid=(\d+)", text)]
-    assert len(ranks) == 2
-    for pid in ranks:
-        os.kill(pid, signal.SIGTERM)
-    console, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 143, console
-    train = "".join(p.read_text() for p in (out / "logs").glob("train_*.log"))
-    assert re.search(r"\[Rank 0/2\] Received SIGTERM at epoch 0 step \d+; saved \S+last\.ckpt", train), train
-    assert (out / "checkpoints" / "last.ckpt").is_file() and "continue with --resume=auto" in console
-    time.sleep(1)
-    assert alive(pids_in("".join(p.read_text() for p in (out / "logs").glob("*.log")))) == []
+    assert wait_gone(pids_in(run.text("*.log")), 30) == []
 
 
 @pytest.mark.parametrize("signalled", [(1,), (0, 1)])
 def test_faults_sigterm_to_some_ranks_stops_all_at_one_step(tmp_path, signalled):
-    """SIGTERM to rank 1 alone (a scheduler's signal, a lost parent), or to both ranks back to back: every
-    rank stops at the same step and last.ckpt is saved. Before, rank 1 alone (or the rank signalled a
+    """SIGTERM straight to the rank processes (not the launcher), as a scheduler sends it: to rank 1 alone
+    (a lost parent, a partial kill), or to both ranks back to back. Every rank stops at the same step,
+    last.ckpt is saved, nothing is left running. Before, rank 1 alone (or the rank signalled a
     moment earlier) stopped at its own step's end while the other waited for it in the next collective."""
     make_shards(tmp_path / "d", [200] * 4)
     out = tmp_path / "out"
@@ -196,3 +172,4 @@ def test_faults_sigterm_to_some_ranks_stops_all_at_one_step(tmp_path, signalled)
         debug = next((out / "logs").glob(f"debug_rank{r}_*.log")).read_text()
         assert f"Received SIGTERM at epoch 0 step {step[1]}; saved" in debug, (r, debug[-3000:])
     assert (out / "checkpoints" / "last.ckpt").is_file() and "continue with --resume=auto" in console
+    assert wait_gone(pids_in("".join(p.read_text() for p in (out / "logs").glob("*.log"))), 30) == []

@@ -7,7 +7,7 @@ import os
 import re
 
 from conftest import fit, make_shards
-from test_train import markers
+from helpers import markers
 
 
 def test_launchwatch_stalled_count_is_named_then_given_up(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -79,10 +78,9 @@ def test_lightning_args_early_stopping_from_yaml_and_a_bad_one(shards, tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  callbacks:\n  - class_path: pytorch_lightning.callbacks.EarlyStopping\n"
                    "    init_args: {patience: 1}\n")
-    t0 = time.monotonic()
     r = ae_train("fit", "--config", str(bad), f"--output_dir={tmp_path}/out2", f"--data.train_shards={shards}",
                  "--data.val_shards=")
-    assert r.returncode == 2 and time.monotonic() - t0 < 30
+    assert r.returncode == 2, r.stdout + r.stderr
     lines = (r.stdout + r.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ae-train: error: trainer.callbacks: cannot build "
                                                    "pytorch_lightning.callbacks.EarlyStopping(patience=1): TypeError:"), lines

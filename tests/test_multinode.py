@@ -1,14 +1,13 @@
 """Two "nodes" on localhost (one CPU rank each, gloo), started seconds apart: one run, one timestamp.
 
-The launches are the documented ones: scripts/torchrun_node.sh (torchrun), train_ae.sh with
-NNODES/NODE_RANK/MASTER_ADDR (our launcher on each node) and the srun command of
-scripts/slurm_train.sbatch with the environment srun gives each task.
+The launches are the documented ones, each script run as it is: scripts/torchrun_node.sh (torchrun),
+train_ae.sh with NNODES/NODE_RANK/MASTER_ADDR (our launcher on each node) and scripts/slurm_train.sbatch,
+whose srun line starts its tasks through a stand-in `srun` that gives each the environment SLURM gives.
 """
 from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DIM, ROOT, TESTS, make_shards
-from test_train import markers
+from conftest import DIM, ROOT, TESTS, free_port, make_shards
+from helpers import markers
 
 MODEL = [f"--model.input_dim={DIM}", "--model.latent_dim=4", "--model.hidden_dims=32"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +69,7 @@ def _check_one_run(logs: Path, results: list[tuple[int, str]]) -> str:
 
 
 def test_multinode_torchrun_two_nodes_one_timestamp(shards, tmp_path):
-    out, port = tmp_path / "out", str(_port())
+    out, port = tmp_path / "out", str(free_port())
     flags = [f"--output_dir={out}", f"--data.train_shards={shards}", "--data.val_shards=", "--data.batch_size=8",
              "--data.num_workers=2", "--trainer.max_epochs=2", "--trainer.accelerator=cpu", *MODEL]
     cmds = [(["scripts/torchrun_node.sh", *flags],
@@ -90,7 +83,7 @@ def test_multinode_train_ae_sh_on_each_node(shards, tmp_path):
     cfg.write_text(f"output_dir: {tmp_path}/out\ndata:\n  train_shards: {shards}\n  val_shards: ''\n  batch_size: 8\n"
                    f"model:\n  input_dim: {DIM}\n  latent_dim: 4\n  hidden_dims: [32]\n"
                    "trainer:\n  max_epochs: 2\n  devices: 1\n  accelerator: cpu\n")
-    port = str(_port())
+    port = str(free_port())
     cmds = [(["./train_ae.sh", "--config", str(cfg)],
              {"NNODES": "2", "NODE_RANK": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}) for n in (0, 1)]
     results = _two_nodes(cmds)
@@ -98,17 +91,37 @@ def test_multinode_train_ae_sh_on_each_node(shards, tmp_path):
     assert f"run {ts}" in results[0][1] and "Node 1: starting ranks 1-1; node 0 (127.0.0.1) names the run" in results[1][1]
 
 
-def test_multinode_slurm_srun_environment(shards, tmp_path):
-    sbatch = (ROOT / "scripts" / "slurm_train.sbatch").read_text()
-    srun = re.search(r"^srun (python3 -m ae_train fit .*?\"\$@\")$", sbatch, re.S | re.M).group(1)
-    assert "--trainer.num_nodes" in srun
-    out, port = tmp_path / "out", str(_port())
+# srun for the test: SLURM_NTASKS tasks of its command on this host, one task per "node", each with the
+# variables SLURM sets per task; task i's console goes to $SRUN_TEST_OUT/task<i>.out, its exit code to .rc.
+FAKE_SRUN = """#!/usr/bin/env bash
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+  [ "$i" = 0 ] || sleep "$SRUN_TEST_GAP_S"  # the second node starts later: its clock must not name the run
+  (SLURM_PROCID=$i SLURM_LOCALID=0 SLURM_NODEID=$i "$@" > "$SRUN_TEST_OUT/task$i.out" 2>&1
+   echo $? > "$SRUN_TEST_OUT/task$i.rc") &
+done
+wait
+"""
+
+
+def test_multinode_slurm_sbatch_script_runs_its_srun_line(shards, tmp_path):
+    """scripts/slurm_train.sbatch as sbatch runs it on the first node of a 2-node x 1-task allocation."""
+    bin_dir, tasks, out = tmp_path / "bin", tmp_path / "tasks", tmp_path / "out"
+    bin_dir.mkdir()
+    tasks.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "srun").chmod(0o755)
     flags = [f"--output_dir={out}", f"--data.train_shards={shards}", "--data.val_shards=", "--data.batch_size=8",
              "--trainer.max_epochs=2", "--trainer.accelerator=cpu", *MODEL]
-    # The sbatch script's srun line with its variables filled as SLURM fills them for 2 nodes x 1 task.
-    cmd = [sys.executable, "-m", "ae_train", "fit", "--trainer.num_nodes=2", "--trainer.devices=1", "--debug=true",
-           "--resume=auto", *flags]
-    slurm = {"SLURM_NTASKS": "2", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "4242",
-             "SLURM_JOB_NAME": "ae_train", "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-    cmds = [(cmd, dict(slurm, SLURM_PROCID=str(n), SLURM_LOCALID="0", SLURM_NODEID=str(n))) for n in (0, 1)]
-    _check_one_run(out / "logs", _two_nodes(cmds))
+    env = dict(os.environ, SLURM_NTASKS="2", SLURM_NNODES="2", SLURM_JOB_NUM_NODES="2", SLURM_NTASKS_PER_NODE="1",
+               SLURM_JOB_ID="4242", SLURM_JOB_NAME="ae_train", SLURM_NODELIST="localhost", SLURM_SUBMIT_DIR=str(ROOT),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), SRUN_TEST_OUT=str(tasks), SRUN_TEST_GAP_S="3",
+               PATH=os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable), os.environ["PATH"]]),
+               PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    script = subprocess.run(["bash", "scripts/slurm_train.sbatch", *flags], capture_output=True, text=True, timeout=240,
+                            env=env, cwd=ROOT)
+    assert script.returncode == 0, script.stdout + script.stderr
+    results = [(int((tasks / f"task{i}.rc").read_text()), (tasks / f"task{i}.out").read_text()) for i in (0, 1)]
+    ts = _check_one_run(out / "logs", results)
+    cfg = (out / f"config_{ts}.yaml").read_text()  # the script's own flags, none of them given here
+    assert "num_nodes: 2" in cfg and "devices: '1'" in cfg and "resume: auto" in cfg, cfg
+    assert "[DEBUG]" in (out / "logs" / f"debug_rank1_{ts}.log").read_text()

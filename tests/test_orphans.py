@@ -11,20 +11,13 @@ import time
 from pathlib import Path
 
 from ae_train.orphans import descendants
-from conftest import DIM, ROOT, TESTS, alive, fit, make_shards, pids_in, start, wait_for
+from conftest import DIM, ROOT, TESTS, fit, make_shards, pids_in, start, wait_for, wait_gone
 
 GONE_WITHIN_S = 60  # the bound, with the default checkpoint.parent_death_grace_s (30 s)
 
 
 def _all_logs(out: Path) -> str:
     return "".join(p.read_text() for p in (out / "logs").glob("*.log"))
-
-
-def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return alive(pids)
 
 
 def _blocked_run_flags(d: Path) -> list[str]:
@@ -52,7 +45,7 @@ def test_orphans_launcher_sigkilled_with_a_rank_blocked_and_one_in_a_collective(
         pids = _wait_blocked(out)
         proc.kill()  # SIGKILL: no handler runs, nothing is forwarded
         proc.wait()
-        assert _wait_gone(pids, GONE_WITHIN_S) == [], "ranks or workers outlived the launcher"
+        assert wait_gone(pids, GONE_WITHIN_S) == [], "ranks or workers outlived the launcher"
     finally:
         proc.kill()
     for rank in (0, 1):
@@ -75,7 +68,7 @@ def test_orphans_launcher_sigkilled_while_training_ranks_save_and_go(tmp_path):
         pids = pids_in(_all_logs(out))
         proc.kill()
         proc.wait()
-        assert _wait_gone(pids, GONE_WITHIN_S) == []
+        assert wait_gone(pids, GONE_WITHIN_S) == []
     finally:
         proc.kill()
     train = next((out / "logs").glob("train_*.log")).read_text()
@@ -107,7 +100,7 @@ def test_orphans_torchrun_agent_sigkilled(tmp_path):
         assert set(pids) <= set(ranks), "torchrun's workers are the ranks"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert _wait_gone(pids, GONE_WITHIN_S) == []
+        assert wait_gone(pids, GONE_WITHIN_S) == []
     finally:
         proc.kill()
     text = next((out / "logs").glob("debug_rank1_*.log")).read_text()

@@ -1,27 +1,23 @@
 """End-to-end: real 2-rank CPU DDP runs over real tar shards, asserting on the log files they write."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import fit, make_shards
+from conftest import BS, EPOCHS, ROOT, fit, make_shards
+from helpers import markers
 
-from conftest import BS, EPOCHS
-MARKER = re.compile(r"========== (SANITY CHECK|EPOCH (\d+) (TRAINING|VALIDATION)) (START|END) ==========(?: batches=(\d+))?")
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\] \[(Rank \d+/\d+(?: Worker \d+/\d+)?|Launcher)\] ")
 
 
 def sh(cmd: str, cwd: Path) -> str:
     """Run one of the guide's shell commands verbatim in the logs directory."""
     return subprocess.run(["bash", "-c", cmd], cwd=cwd, capture_output=True, text=True, timeout=30).stdout
-
-
-def markers(text: str) -> list[tuple[str, str | None]]:
-    """[(name, batches)] in file order, e.g. ('EPOCH 0 TRAINING END', '36')."""
-    return [(f"{m.group(1)} {m.group(4)}", m.group(5)) for m in MARKER.finditer(text)]
 
 
 def expected_order(epochs: int) -> list[str]:
@@ -174,18 +170,29 @@ def test_fit_read_error_is_logged_everywhere_and_ranks_stay_equal(error_run):
     assert ends[0] == ends[1] == ["10"]
 
 
-def test_fit_train_ae_sh_demo_runs_from_the_readme(tmp_path):
-    """The README's run command: ./train_ae.sh with no config makes the demo shards and trains."""
-    from conftest import ROOT
-    import os
-    import sys
+def _repo_files() -> set[str]:
+    """Every file under the repository (ignored ones too), but .git and bytecode caches."""
+    found = set()
+    for d, dirs, files in os.walk(ROOT):
+        dirs[:] = [x for x in dirs if x not in (".git", "__pycache__")]
+        found.update(os.path.relpath(os.path.join(d, f), ROOT) for f in files)
+    return found
 
+
+def test_fit_train_ae_sh_demo_runs_from_the_readme(tmp_path):
+    """The README's run command: ./train_ae.sh with no config makes the demo shards and trains (the demo
+    data made under tmp_path through AE_DEMO_DATA: nothing is written into the repository)."""
+    before = _repo_files()
+    demo = tmp_path / "demo"
     r = subprocess.run(["./train_ae.sh", f"--output_dir={tmp_path}/out", "--trainer.max_epochs=1"], capture_output=True,
-                       text=True, timeout=300, cwd=ROOT, env=dict(os.environ, PYTHON=sys.executable))
+                       text=True, timeout=300, cwd=ROOT, env=dict(os.environ, PYTHON=sys.executable, AE_DEMO_DATA=str(demo)))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert (ROOT / "data" / "demo" / "ae_index.json").is_file()
+    assert (demo / "ae_index.json").is_file()
     assert "Epoch 0 train:" in r.stdout and "Training finished: 1 epochs" in r.stdout
     logs = sorted(p.name for p in (tmp_path / "out" / "logs").glob("*.log"))
     assert len(logs) == 3 and logs[0].startswith("debug_rank0_") and logs[2].startswith("train_")
-    assert "[DEBUG]" in (tmp_path / "out" / "logs" / logs[0]).read_text()  # train_ae.sh turns debug mode on
+    rank0 = (tmp_path / "out" / "logs" / logs[0]).read_text()
+    assert "[DEBUG]" in rank0  # train_ae.sh turns debug mode on
+    assert f"Opening shard {demo}/train-" in rank0 and f"Opening shard {demo}/val-" in rank0
     assert (tmp_path / "out" / "metrics").is_dir() and (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()
+    assert _repo_files() - before == set()

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT, make_shards
-from conftest import alive, pids_in, start, wait_for
+from ae_train import logformat as lf
+from conftest import ROOT, make_shards, pids_in, start, wait_for, wait_gone
 
 
 def _diagnose(logs: Path, *args: str) -> subprocess.CompletedProcess:
@@ -19,15 +19,28 @@ def _diagnose(logs: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60, cwd=ROOT)
 
 
+def _diagnose_once_stalled(logs: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`diagnose --json`, polled until the run has been silent long enough to count as stalled (as a
+    user would run it on a stuck run), or until timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = _diagnose(logs, "--json")
+        assert report.returncode == 0, report.stderr
+        if json.loads(report.stdout)["state"] == "stalled" or time.monotonic() > deadline:
+            return report
+        time.sleep(0.5)
+
+
 def _kill_run(proc: subprocess.Popen, logs: Path) -> None:
-    """Two SIGTERMs: the launcher kills ranks that cannot stop (they are stuck by design here)."""
+    """Two SIGTERMs: the launcher kills ranks that cannot stop (they are stuck by design here). The
+    second is sent once the launcher has logged the first."""
     proc.send_signal(signal.SIGTERM)
-    time.sleep(1)
+    if proc.poll() is None:
+        wait_for(logs / "train_*.log", r"\[Launcher\] " + lf.RECEIVED.pattern.pattern.decode(), 30)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
-    time.sleep(1)
     text = "".join(p.read_text() for p in logs.glob("*.log"))
-    assert alive(pids_in(text)) == [], "every rank and worker is gone"
+    assert wait_gone(pids_in(text), 30) == [], "every rank and worker is gone"
 
 
 def test_watchdog_stalled_shard_open_is_found(tmp_path):
@@ -44,11 +57,14 @@ def test_watchdog_stalled_shard_open_is_found(tmp_path):
                   "--trainer.max_epochs=1", "--debug=true", "--log.hang_timeout_s=4")
     logs = out / "logs"
     try:
-        wait_for(logs / "debug_rank*_*.log", r"HANG SUSPECTED", 90)
-        wait_for(logs / "debug_rank*_*.log", r"Stack dump of rank \d worker \d/2 \(pid \d+\), reason: SIGUSR1", 30)
-        time.sleep(2)
+        wait_for(logs / "debug_rank*_*.log", re.escape(f"Opening shard {fifo}"), 90)
+        stuck = next(r for r in (0, 1) if f"Opening shard {fifo}" in next(logs.glob(f"debug_rank{r}_*.log")).read_text())
+        rank_log = logs / f"debug_rank{stuck}_*.log"
+        # The alert's lines, last to first written: the rank's resources line and its worker's stack dump.
+        wait_for(rank_log, r"Resources at hang: rss", 90)
+        wait_for(rank_log, rf"Stack dump of rank {stuck} worker \d/2 \(pid \d+\), reason: SIGUSR1[\s\S]*in _open", 30)
+        wait_for(logs / "train_*.log", rf"\[ERROR\] \[Rank {stuck}/2\] HANG SUSPECTED", 30)
         text = {r: next(logs.glob(f"debug_rank{r}_*.log")).read_text() for r in (0, 1)}
-        stuck = next(r for r in (0, 1) if f"Opening shard {fifo}" in text[r])
         assert re.search(rf"\[ERROR\] \[Rank {stuck}/2\] HANG SUSPECTED: no progress for \d+ s in training \(waiting for data\)",
                          text[stuck])
         assert re.search(rf"Stack dump of rank {stuck} \(pid \d+\), reason: hang\nThread 0x[0-9a-f]+ \(MainThread\)", text[stuck])
@@ -79,10 +95,10 @@ def test_watchdog_rank_missing_at_epoch_end_collective(tmp_path):
         rank0 = next(logs.glob("debug_rank0_*.log")).read_text()
         assert "EPOCH 0 TRAINING END" in rank0 and "HANG SUSPECTED: no progress for" in rank0
         assert "EPOCH 0 TRAINING END" not in next(logs.glob("debug_rank1_*.log")).read_text()
-        time.sleep(2)
+        for rank in (0, 1):  # the last line of each rank's alert
+            wait_for(logs / f"debug_rank{rank}_*.log", r"Resources at hang: rss", 30)
+        report = _diagnose_once_stalled(logs)
         text = _diagnose(logs).stdout
-        report = _diagnose(logs, "--json")
-        assert report.returncode == 0, report.stderr
         assert "DDP synchronization" in text, text
         assert re.search(r"Stuck between TRAINING END and VALIDATION START: DDP synchronization problem\. "
                          r"Arrived \(wrote EPOCH 0 TRAINING END at [^)]*\): rank 0\. Not arrived: rank 1\.", text), text
