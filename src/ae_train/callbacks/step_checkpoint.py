@@ -65,7 +65,8 @@ class StepCheckpoint(Callback):
         finally:
             self._saving = False
         raise_if_not_saved(trainer)
-        log.info(lf.STEP_SAVED.template, self.path, trainer.current_epoch, trainer.global_step, batch_idx + 1, time.perf_counter() - t0)
+        log.info(lf.STEP_SAVED.template, self.path, trainer.current_epoch, trainer.global_step, batch_idx + 1,
+                 time.perf_counter() - t0)
 
     @override
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
