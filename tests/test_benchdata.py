@@ -10,6 +10,7 @@ import pytest
 from ae_train.benchdata import main as bench_main
 from ae_train.config import ConfigError
 from ae_train.data.shards import DataError
+from ae_train.exitcodes import ExitCode
 from conftest import ROOT, make_shards
 
 
@@ -64,9 +65,9 @@ def test_benchdata_bad_input_is_one_line(config, tmp_path):
         with pytest.raises(error, match=re.escape(text)):
             bench_main(args)  # fails before any data is read: safe in-process
     r = _bench(*cases[1][0])  # through the cli: one line on stderr, exit 2
-    assert r.returncode == 2 and r.stderr.startswith("ae-train: error: --seconds") and r.stderr.count("\n") == 1
+    assert r.returncode == ExitCode.BAD_INPUT and r.stderr.startswith("ae-train: error: --seconds") and r.stderr.count("\n") == 1
     r = _bench("--config", str(config), "--device=tpu")
-    assert r.returncode == 2 and r.stderr == "ae-train: error: --device: expected cpu or cuda[:N], got 'tpu'\n", r.stderr
+    assert r.returncode == ExitCode.BAD_INPUT and r.stderr == "ae-train: error: --device: expected cpu or cuda[:N], got 'tpu'\n", r.stderr
 
 
 def test_benchdata_train_steps_measure_the_data_wait(config):

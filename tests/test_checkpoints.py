@@ -14,6 +14,7 @@ import torch
 
 from ae_train.checkpoint_files import newest_good, remove_leftovers, verify
 from ae_train.config import ConfigError, load_config, resume_path
+from ae_train.exitcodes import ExitCode
 from conftest import ROOT, fit, make_shards, start, wait_for
 from helpers import markers
 
@@ -84,7 +85,7 @@ def test_checkpoint_resume_of_a_broken_file_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ae_train", "fit", f"--output_dir={tmp_path}/out",
                         f"--data.train_shards={tmp_path}/d", "--data.val_shards=", f"--resume={broken}"],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert r.returncode == 2, r.stderr
+    assert r.returncode == ExitCode.BAD_INPUT, r.stderr
     assert r.stderr.splitlines() == [f"ae-train: error: resume: checkpoint {broken} is truncated or corrupt "
                                      f"(700 bytes: File is not a zip file)"]
 
@@ -118,7 +119,7 @@ def test_checkpoint_every_n_steps_sigkilled_rank_resumes_inside_the_epoch_with_t
     every = ["--checkpoint.every_n_steps=25"]
     run = fit(out, *_flags(d, one, *every, hashes + ",ddp_helpers.KillRank1At"),
               env={"AE_TEST_HASHES": str(killed), "AE_TEST_KILL_AT": "0:180"}, timeout=240)
-    assert run.proc.returncode == 1, run.console
+    assert run.proc.returncode == ExitCode.FAILED, run.console
     train = run.text("train_*.log")
     assert re.search(r"Rank 1 \(pid \d+\) exited with code -9 \(killed by SIGKILL\)", train)
     saved = [int(s) for s in re.findall(r"Saved step checkpoint \S+last\.ckpt at epoch 0 step (\d+)", train)]
@@ -149,7 +150,7 @@ def test_checkpoint_kill_during_a_save_keeps_the_previous_last_ckpt(tmp_path):
     out = tmp_path / "out"
     flags = _flags(tmp_path / "d", "--checkpoint.every_n_steps=10", "--trainer.max_epochs=1")
     run = fit(out, *flags, "--trainer.callbacks=ddp_helpers.KillRank0DuringSave", timeout=180)
-    assert run.proc.returncode == 1, run.console
+    assert run.proc.returncode == ExitCode.FAILED, run.console
     assert re.search(r"Rank 0 \(pid \d+\) exited with code -9", run.text("train_*.log"))
     last = out / "checkpoints" / "last.ckpt"
     assert verify(last) is None
@@ -184,7 +185,7 @@ def test_checkpoint_full_disk_is_an_error_line_and_a_clean_stop(tmp_path):
         except FileExistsError:  # a save is writing that name right now: link it for the next one
             time.sleep(0.005)
     console, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 4, console
+    assert proc.returncode == ExitCode.CHECKPOINT_WRITE_FAILED, console
     train = next(logs.glob("train_*.log")).read_text()
     errors = [ln for ln in train.splitlines() if "[ERROR]" in ln]
     assert len(errors) == 1, errors

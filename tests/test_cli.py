@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ae_train.exitcodes import ExitCode
 from conftest import ROOT, make_shards
 
 
@@ -24,7 +25,7 @@ def shards(tmp_path_factory) -> Path:
 def _bad(tmp_path: Path, shards: Path, *flags: str):
     out = tmp_path / "out"
     r = ae_train("fit", f"--output_dir={out}", f"--data.train_shards={shards}", "--data.val_shards=", *flags)
-    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.returncode == ExitCode.BAD_INPUT, r.stdout + r.stderr
     lines = (r.stdout + r.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ae-train: error: "), lines
     assert "Traceback" not in r.stderr
@@ -69,7 +70,7 @@ def test_cli_train_ae_sh_with_user_config_never_uses_demo_data(tmp_path):
     cfg.write_text(f"output_dir: {tmp_path}/out\ndata:\n  train_shards: {tmp_path}/mydata/train-{{000000..000003}}.tar\n")
     r = subprocess.run(["./train_ae.sh", "--config", str(cfg)], capture_output=True, text=True, timeout=60, cwd=ROOT,
                        env=dict(os.environ, PYTHON=sys.executable))
-    assert r.returncode == 2
+    assert r.returncode == ExitCode.BAD_INPUT
     assert r.stderr.strip() == f"ae-train: error: data.train_shards: shard not found: {tmp_path}/mydata/train-000000.tar (and 3 more)"
 
 
@@ -80,10 +81,10 @@ def test_cli_make_shards_and_index(tmp_path):
     r = ae_train("index", str(tmp_path))
     assert r.returncode == 0 and "indexed 3 shards, 10 samples; 0 unreadable" in r.stdout, r.stderr
     r = ae_train("make-shards", "--out", str(tmp_path), "--sizes", "3")
-    assert r.returncode == 2 and "never overwrites shards" in r.stderr
+    assert r.returncode == ExitCode.BAD_INPUT and "never overwrites shards" in r.stderr
     (tmp_path / "train-000001.tar").write_bytes(b"garbage" * 200)
     r = ae_train("index", str(tmp_path))
-    assert r.returncode == 1 and "train-000001.tar: not a tar file" in r.stderr
+    assert r.returncode == ExitCode.FAILED and "train-000001.tar: not a tar file" in r.stderr
 
 
 def test_cli_config_help_lists_every_key():

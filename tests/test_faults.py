@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
+from ae_train.exitcodes import ExitCode, stopped_by
 from conftest import DIM, ROOT, fit, make_shards, pids_in, start, wait_for, wait_gone
 from helpers import markers
 
@@ -74,7 +75,7 @@ def test_faults_mostly_broken_data_stops_before_any_rank(tmp_path):
         (d / f"junk-{i}.tar").write_bytes(b"junk" * 1000)
     r = subprocess.run([sys.executable, "-m", "ae_train", "fit", f"--output_dir={tmp_path}/out", f"--data.train_shards={d}",
                         "--data.val_shards=", "--data.max_shard_errors=0.5"], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert r.returncode == 2
+    assert r.returncode == ExitCode.BAD_INPUT
     assert r.stderr.startswith("ae-train: error: data.train_shards: 3 of 4 shards cannot be used, over the limit of 2")
 
 
@@ -101,7 +102,7 @@ def test_faults_sigterm_saves_and_resume_continues(tmp_path):
     wait_for(out / "logs" / "debug_rank0_*.log", r"Training step 20, .*epoch 1,", 120)
     proc.send_signal(signal.SIGTERM)
     console, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 143, console
+    assert proc.returncode == stopped_by(signal.SIGTERM), console
     first_logs = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "logs").glob("*.log")}
     train = "".join(p.read_text() for p in (out / "logs").glob("train_*.log"))
     m = re.search(r"Received SIGTERM at epoch 1 step (\d+); saved (\S+)", train)
@@ -138,7 +139,7 @@ def test_faults_dead_rank_stops_the_run(tmp_path, helper, exit_text):
     run = fit(tmp_path / "out", f"--data.train_shards={tmp_path}/d", "--data.val_shards=", "--data.batch_size=8",
               "--data.num_workers=2", "--trainer.max_epochs=2", "--trainer.ddp_timeout_s=600",
               f"--trainer.callbacks=ddp_helpers.{helper}", timeout=180)
-    assert run.proc.returncode == 1, run.console
+    assert run.proc.returncode == ExitCode.FAILED, run.console
     train = run.text("train_*.log")
     assert re.search(rf"\[ERROR\] \[Launcher\] Rank 1 \(pid \d+\) {re.escape(exit_text)}; stopping the other ranks", train)
     if helper == "CrashOnRank1":
@@ -164,7 +165,7 @@ def test_faults_sigterm_to_some_ranks_stops_all_at_one_step(tmp_path, signalled)
     for rank in signalled:
         os.kill(pids[rank], signal.SIGTERM)
     console, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 143, console
+    assert proc.returncode == stopped_by(signal.SIGTERM), console
     train = "".join(p.read_text() for p in (out / "logs").glob("train_*.log"))
     step = re.search(r"\[Rank 0/2\] Received SIGTERM at epoch 0 step (\d+); saved \S+last\.ckpt", train)
     assert step, train

@@ -19,6 +19,7 @@ from ae_train.cli import _one_line
 from ae_train.config import Config, ConfigError, field_docs, load_config, split_config_arg
 from ae_train.data.shards import DataError, list_shards
 from ae_train.data.urls import is_url
+from ae_train.exitcodes import ExitCode
 from conftest import ROOT, make_shards
 
 KEYS = [key for key, _, _ in field_docs()]
@@ -135,7 +136,7 @@ def test_fuzz_cli_config_exits_0_or_2_with_one_line(args):
                        cwd=ROOT)
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode in (0, 2), r.stderr
-    if r.returncode == 2:
+    if r.returncode == ExitCode.BAD_INPUT:
         lines = r.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("ae-train: error: "), lines
 
@@ -153,7 +154,7 @@ def test_fuzz_cli_fit_with_random_shard_specs_is_one_line(spec, shard_dir):
                         "--data.val_shards=", "--trainer.accelerator=cpu"], capture_output=True, text=True, timeout=60,
                        cwd=empty, env=dict(os.environ, HOME=str(empty)))
     lines = r.stderr.splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("ae-train: error: "), (spec, r.stderr)
+    assert r.returncode == ExitCode.BAD_INPUT and len(lines) == 1 and lines[0].startswith("ae-train: error: "), (spec, r.stderr)
 
 
 
@@ -161,7 +162,7 @@ def test_fuzz_cli_fit_unbalanced_brace_spec_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ae_train", "fit", f"--output_dir={tmp_path}/out",
                         f"--data.train_shards={tmp_path}/train-{{000..009.tar", "--data.val_shards="],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.returncode == ExitCode.BAD_INPUT and len(r.stderr.splitlines()) == 1, r.stderr
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from ae_train.config import ConfigError, load_config
+from ae_train.exitcodes import ExitCode
 from conftest import ROOT, fit, make_shards
 
 
@@ -80,7 +81,7 @@ def test_lightning_args_early_stopping_from_yaml_and_a_bad_one(shards, tmp_path)
                    "    init_args: {patience: 1}\n")
     r = ae_train("fit", "--config", str(bad), f"--output_dir={tmp_path}/out2", f"--data.train_shards={shards}",
                  "--data.val_shards=")
-    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.returncode == ExitCode.BAD_INPUT, r.stdout + r.stderr
     lines = (r.stdout + r.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ae-train: error: trainer.callbacks: cannot build "
                                                    "pytorch_lightning.callbacks.EarlyStopping(patience=1): TypeError:"), lines

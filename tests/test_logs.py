@@ -5,6 +5,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from ae_train.exitcodes import ExitCode
+
 PRELUDE = """
 import logging, os, sys, time
 from pathlib import Path
@@ -60,7 +62,7 @@ def test_logs_capture_prints_c_output_warnings_and_tracebacks(tmp_path):
         log.info("key line", extra=logs.CONSOLE)
         raise RuntimeError("boom in rank 0")
     """)
-    assert r.returncode == 1
+    assert r.returncode == ExitCode.FAILED
     debug = (tmp_path / "debug_rank0_20260101_000000.log").read_text()
     train = (tmp_path / "train_20260101_000000.log").read_text()
     assert "[INFO] [Rank 0/2] a stray print" in debug and "raw bytes on fd 2" in debug

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ae_train.data.stream import open_samples
+from ae_train.exitcodes import ExitCode
 from conftest import ROOT, fit
 
 
@@ -42,7 +43,7 @@ def test_make_image_shards_from_a_directory(tmp_path):
     assert labels == [0] * 7 + [1] * 7
     assert pixels[0] == (src / "cats" / "0.png").read_bytes()  # the files as they are, not re-encoded
     r = ae_train("make-shards", "--from-images", str(tmp_path / "nope"), "--out", str(tmp_path / "o2"))
-    assert r.returncode == 2 and r.stderr.strip() == f"ae-train: error: --from-images: directory not found: {tmp_path}/nope"
+    assert r.returncode == ExitCode.BAD_INPUT and r.stderr.strip() == f"ae-train: error: --from-images: directory not found: {tmp_path}/nope"
 
 
 def test_make_images_demo_trains_with_its_config(tmp_path):

@@ -110,8 +110,11 @@ def test_orphans_torchrun_agent_sigkilled(tmp_path):
 def test_orphans_descendants_lists_children_and_grandchildren():
     p = subprocess.Popen(["bash", "-c", "sleep 30 & sleep 30 & wait"])
     try:
+        def sleeps() -> list[bytes]:  # a forked child is bash until it has exec'd sleep: wait for both
+            return [Path(f"/proc/{k}/cmdline").read_bytes() for k in descendants(p.pid)]
+
         deadline = time.monotonic() + 10
-        while len(descendants(p.pid)) < 2 and time.monotonic() < deadline:
+        while not (len(sleeps()) == 2 and all(c.startswith(b"sleep") for c in sleeps())) and time.monotonic() < deadline:
             time.sleep(0.05)
         kids = descendants(p.pid)
         assert len(kids) == 2 and all(Path(f"/proc/{k}/cmdline").read_bytes().startswith(b"sleep") for k in kids)

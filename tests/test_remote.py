@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ae_train.exitcodes import ExitCode
 from conftest import ROOT, fit, make_shards
 from helpers import markers
 
@@ -74,7 +75,7 @@ def test_remote_conv_ae_on_gzip_png_over_http(served_images, tmp_path):
 def _bad(tmp_path: Path, *flags: str) -> str:
     r = subprocess.run([sys.executable, "-m", "ae_train", "fit", f"--output_dir={tmp_path}/out", *flags],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)  # the timeout: a hang guard
-    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.returncode == ExitCode.BAD_INPUT, r.stdout + r.stderr
     lines = (r.stdout + r.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ae-train: error: ") and "Traceback" not in r.stderr, lines
     assert not list(tmp_path.rglob("debug_rank*.log")), "no rank may start"

@@ -13,18 +13,20 @@ import pytest
 
 from ae_train import runlock
 from ae_train.config import ConfigError
+from ae_train.exitcodes import ExitCode
+from ae_train.rundir import RunDir
 from conftest import ROOT, make_shards, start, wait_for
 
 
 def test_runlock_a_held_lock_names_its_holder_and_a_released_one_is_free(tmp_path, caplog):
     fd = runlock.acquire(tmp_path)
-    holder = json.loads((tmp_path / runlock.LOCK_NAME).read_text())
+    holder = json.loads(RunDir(tmp_path).lock.read_text())
     assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
     with pytest.raises(ConfigError, match=rf"output_dir {tmp_path} is in use by a running ae-train fit: launcher pid "
                                           rf"{os.getpid()} on host {socket.gethostname()}, started "):
         runlock.acquire(tmp_path)
     runlock.release(fd)
-    assert (tmp_path / runlock.LOCK_NAME).read_text() == ""
+    assert RunDir(tmp_path).lock.read_text() == ""
     runlock.release(runlock.acquire(tmp_path))
     assert "Took over" not in caplog.text  # a run that ended normally leaves no holder behind
 
@@ -59,7 +61,7 @@ def test_runlock_second_fit_into_a_live_run_is_one_line(tmp_path):
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=60)
-    assert r.returncode == 2
+    assert r.returncode == ExitCode.BAD_INPUT
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and re.fullmatch(
         rf"ae-train: error: output_dir {re.escape(str(out))} is in use by a running ae-train fit: launcher pid "

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from ae_train.exitcodes import ExitCode
 from conftest import BS, ROOT, fit, make_shards
 
 
@@ -43,7 +44,7 @@ def test_use_evaluate_agrees_with_val_loss(trained):
     val_loss = [float(row["val_loss"]) for row in rows if row.get("val_loss")][-1]
     assert result["mse"] == pytest.approx(val_loss, rel=1e-5), (result["mse"], val_loss)
     r = ae_train("evaluate", "--ckpt", str(ckpt), "--shards", f"{tmp}/d/val-000000.tar", "--out", str(out))
-    assert r.returncode == 2 and "exists; evaluate never replaces a file" in r.stderr
+    assert r.returncode == ExitCode.BAD_INPUT and "exists; evaluate never replaces a file" in r.stderr
 
 
 def test_use_encode_writes_every_sample_once_on_two_ranks(trained):
@@ -74,7 +75,7 @@ def test_use_encode_writes_every_sample_once_on_two_ranks(trained):
     assert len(list(logs.glob("debug_rank*_*.log"))) == 2 and len(list(logs.glob("train_*.log"))) == 1
     assert "COMPLETED iteration, total samples" in "".join(p.read_text() for p in logs.glob("debug_rank*.log"))
     r = ae_train("encode", "--ckpt", str(ckpt), "--shards", f"{tmp}/d/train-000000.tar", "--out", str(out))
-    assert r.returncode == 2 and "exists; encode never replaces a shard" in r.stderr
+    assert r.returncode == ExitCode.BAD_INPUT and "exists; encode never replaces a shard" in r.stderr
 
 
 def test_use_export_loads_in_plain_pytorch_and_matches(trained):

@@ -9,6 +9,7 @@ import pytest
 
 from ae_train import lightning_args
 from ae_train.config import ConfigError
+from ae_train.exitcodes import ExitCode
 from conftest import ROOT, make_shards
 
 
@@ -39,7 +40,7 @@ def test_user_callbacks_early_stopping_without_monitor_is_one_line_before_any_ra
     r = subprocess.run([sys.executable, "-m", "ae_train", "fit", f"--output_dir={out}", f"--data.train_shards={tmp_path}/d",
                         "--data.val_shards=", "--trainer.callbacks=pytorch_lightning.callbacks.EarlyStopping"],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert r.returncode == 2
+    assert r.returncode == ExitCode.BAD_INPUT
     assert r.stderr.splitlines() == [
         "ae-train: error: trainer.callbacks: cannot build pytorch_lightning.callbacks.EarlyStopping() with no "
         "arguments: TypeError: EarlyStopping.__init__() missing 1 required positional argument: 'monitor'"]

@@ -118,7 +118,7 @@ def train_steps(cfg, split, seconds: float, device: str) -> dict:
                 loss.backward()
                 opt.step()
                 steps += 1
-                if steps == warm:
+                if t0 is None and steps == warm:  # once: the clock starts after the warm-up steps
                     if cuda:
                         torch.cuda.synchronize()
                     t0, steps = time.perf_counter(), 0

@@ -15,6 +15,8 @@ import struct
 import zipfile
 from pathlib import Path
 
+from .rundir import LAST_CKPT
+
 log = logging.getLogger(__name__)
 TMP_MARK = ".tmp"  # <name>.tmp<pid>: a checkpoint being written
 _LEFTOVER = re.compile(r".+\.ckpt\.tmp\d+$")
@@ -54,7 +56,7 @@ def newest_good(ckpt_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
         found = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()]
     except OSError:
         return None, []
-    found.sort(key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
+    found.sort(key=lambda p: (p.stat().st_mtime, p.name == LAST_CKPT), reverse=True)
     skipped = []
     for p in found:
         why = verify(p)

@@ -1,6 +1,6 @@
 """`ae-train` subcommands: fit, make-shards, index, diagnose, collect, config.
 
-Bad input ends with one line `ae-train: error: ...` on stderr and exit code 2, never a traceback.
+Bad input ends with one line `ae-train: error: ...` on stderr and exit code 2 (ExitCode.BAD_INPUT), never a traceback.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import sys
 
 from .config import ConfigError, field_docs, load_config, split_config_arg, to_yaml
+from .exitcodes import ExitCode
 
 USAGE = """usage: ae-train <command> [args]
 
@@ -55,10 +56,10 @@ def cmd_config(args: list[str]) -> int:
             if key != "trainer.extra":
                 print(f"--{key}={default!r}\n    {doc}")
         print(describe())
-        return 0
+        return ExitCode.OK
     path, overrides = split_config_arg(args)
     print(to_yaml(load_config(path, overrides)), end="")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_make_shards(args: list[str]) -> int:
@@ -106,7 +107,7 @@ def cmd_make_shards(args: list[str]) -> int:
         except (FileExistsError, ValueError) as e:
             raise ConfigError(str(e)) from None
         print(f"wrote {len(paths)} shards ({sum(sizes)} samples of dim {data.shape[1]}) to {a.out}/{prefix}-*.tar")
-    return 0
+    return ExitCode.OK
 
 
 def _make_image_shards(a) -> int:
@@ -132,7 +133,7 @@ def _make_image_shards(a) -> int:
         except (FileExistsError, ValueError) as e:
             raise ConfigError(str(e)) from None
         print(f"wrote {len(paths)} shards ({sum(sizes)} images) to {a.out}/{prefix}-*.tar.gz")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_index(args: list[str]) -> int:
@@ -157,7 +158,7 @@ def cmd_index(args: list[str]) -> int:
     for path in written:
         print(f"wrote {path}")
     print(f"indexed {len(entries)} shards, {sum(e['samples'] for e in entries.values())} samples; {bad} unreadable")
-    return 1 if bad else 0
+    return ExitCode.FAILED if bad else ExitCode.OK
 
 
 def _one_line(message: str) -> str:
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
-        return 0
+        return ExitCode.OK
     command, rest = argv[0], argv[1:]
     from .data.shards import DataError
 
@@ -190,4 +191,4 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("ae_train").error("%s", _one_line(str(e)))
         else:
             print_error(_one_line(str(e)))
-        return 2
+        return ExitCode.BAD_INPUT

@@ -24,6 +24,8 @@ import traceback
 from pathlib import Path
 
 from ae_train.diagnose import DiagnoseError, diagnose_run, format_report, resolve_run
+from ae_train.exitcodes import ExitCode
+from ae_train.rundir import RunDir
 
 TAIL_LINES = 100
 PACKAGES = ("torch", "pytorch-lightning", "lightning", "webdataset", "numpy", "ae-train", "matplotlib")
@@ -152,7 +154,8 @@ def _versions() -> str:
 def collect(logs_dir, run: str | None = None, output=None) -> Path:
     """Write the bundle; raises DiagnoseError for bad input or an existing output file."""
     logs, run, files = resolve_run(logs_dir, run)
-    out = Path(output) if output else logs.parent / f"ae_diag_{run}.tar.gz"
+    rundir = RunDir.of_logs(logs)
+    out = Path(output) if output else rundir.bundle(run)
     top = f"ae_diag_{run}"
     try:
         raw = open(out, "xb")  # "x": never overwrite, even when another collect races us
@@ -168,11 +171,11 @@ def collect(logs_dir, run: str | None = None, output=None) -> Path:
                 _add_file(tar, p, f"{top}/logs/{p.name}")
                 _add_text(tar, f"{top}/tail/{p.name}.tail.txt",
                           tail_lines(p).decode("utf-8", "replace"))
-            configs = sorted(logs.parent.glob("config*.yaml"))
+            configs = rundir.configs()
             for p in configs:
                 _add_file(tar, p, f"{top}/config/{p.name}")
             if not configs:
-                notes.append(f"no config*.yaml in {logs.parent}")
+                notes.append(f"no config*.yaml in {rundir.root}")
             _add_text(tar, f"{top}/nvidia-smi.txt", _nvidia_smi())
             try:
                 report = diagnose_run(logs, run)
@@ -206,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         out = collect(args.logs_dir, args.run, args.output)
     except (DiagnoseError, OSError) as e:
         print(f"ae-train collect: error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     print(out)
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -356,8 +356,9 @@ def resume_path(cfg: Config, verify: bool = True, warn: bool = True) -> str | No
     False trusts an explicit path (the launcher verified it before starting the ranks).
     """
     from . import checkpoint_files
+    from .rundir import RunDir
 
-    ckpt_dir = Path(cfg.output_dir) / "checkpoints"
+    ckpt_dir = RunDir.of(cfg).checkpoints
     if cfg.resume == "auto":
         good, broken = checkpoint_files.newest_good(ckpt_dir)
         if broken and good is None:

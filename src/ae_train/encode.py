@@ -22,7 +22,10 @@ import tarfile
 import time
 from pathlib import Path
 
+from . import logformat as lf
 from .config import ConfigError
+from .exitcodes import ExitCode
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 SPLIT = "encode_shards"
@@ -99,29 +102,28 @@ def _rank(a: argparse.Namespace) -> int:
 
     rank, world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     out = Path(a.out)
-    logs.setup_rank_logging(out / "logs", os.environ[logs.RUN_TS_ENV], rank, world, debug=True)
+    logs.setup_rank_logging(RunDir(out).logs, os.environ[logs.RUN_TS_ENV], rank, world, debug=True)
     device = f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
     model = load_model(a.ckpt, device)
     spec, key = spec_of_model(model), model.hparams.get("sample_key", "x.npy")
     urls = list_shards(a.shards, "--shards")
     mine = list(range(rank, len(urls), world))
-    log.info("Processing %d/%d files from %s (%s, device %s)", len(mine), len(urls), SPLIT, a.ckpt, device)
+    log.info(lf.ENCODE_PROCESSING.template, len(mine), len(urls), SPLIT, a.ckpt, device)
     t0, total, errors = time.perf_counter(), 0, 0
     dests = _outputs(urls, out)
     for i, dest in ((i, dests[i]) for i in mine):
-        log.debug("Opening shard %s", urls[i])
+        log.debug(lf.ENCODE_OPENING.template, urls[i])
         t = time.perf_counter()
         try:
             n = _encode_shard(model, urls[i], dest, key, spec, a.batch_size)
         except (OSError, ShardError) as e:
             errors += 1
-            log.error("Error reading shard %s: %s; skipped", urls[i], reason(e))
+            log.error(lf.SHARD_ERROR.template, urls[i], reason(e))
             continue
         total += n
-        log.debug("Finished shard %s: %d samples in %.3fs", urls[i], n, time.perf_counter() - t)
-    log.info("COMPLETED iteration, total samples: %d (shards %d, errors %d, %.1fs, %s)", total, len(mine), errors,
-             time.perf_counter() - t0, SPLIT)
-    return 1 if errors else 0
+        log.debug(lf.FINISHED_SHARD.template, urls[i], n, time.perf_counter() - t)
+    log.info(lf.ENCODE_COMPLETED.template, total, len(mine), errors, time.perf_counter() - t0, SPLIT)
+    return ExitCode.FAILED if errors else ExitCode.OK
 
 
 def _launch(a: argparse.Namespace, argv: list[str]) -> int:
@@ -141,20 +143,21 @@ def _launch(a: argparse.Namespace, argv: list[str]) -> int:
     import torch
 
     devices = a.devices or (torch.cuda.device_count() or 2)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    ts = logs.new_run_timestamp(out / "logs")
-    train_log = logs.setup_launcher_logging(out / "logs", ts)
-    log.info("Encoding %d shard(s) with %s on %d rank(s), run %s", len(urls), a.ckpt, devices, ts, extra=logs.CONSOLE)
-    log.info("Monitor logs with: tail -f %s", train_log, extra=logs.CONSOLE)
+    run = RunDir(out)
+    run.logs.mkdir(parents=True, exist_ok=True)
+    ts = logs.new_run_timestamp(run.logs)
+    train_log = logs.setup_launcher_logging(run.logs, ts)
+    log.info(lf.ENCODING.template, len(urls), a.ckpt, devices, ts, extra=logs.CONSOLE)
+    log.info(lf.MONITOR.template, train_log, extra=logs.CONSOLE)
     env = dict(os.environ, **{logs.RUN_TS_ENV: ts, "WORLD_SIZE": str(devices)})
     cmd = [sys.executable, "-m", "ae_train", "encode", *argv]
-    procs = {r: subprocess.Popen(cmd, env=dict(env, LOCAL_RANK=str(r)), preexec_fn=launcher._rank_preexec)
+    procs = {r: subprocess.Popen(cmd, env=dict(env, LOCAL_RANK=str(r)), preexec_fn=launcher.rank_preexec)
              for r in range(devices)}
-    code = launcher._watch(procs, out / "logs" / f".encode_{ts}.json")
+    code = launcher.watch(procs)
     written = [p for p in _outputs(urls, out) if p.exists()]
     if written:
         write_index({str(p): count_shard(str(p)) for p in written})
-    log.info("Encoded %d of %d shard(s) into %s", len(written), len(urls), out, extra=logs.CONSOLE)
+    log.info(lf.ENCODED.template, len(written), len(urls), out, extra=logs.CONSOLE)
     return code
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError
+from .exitcodes import ExitCode
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -68,4 +69,4 @@ def main(argv: list[str]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"mse {result['mse']:.6g} over {total_n} samples of {len(per_shard)} shard(s); wrote {out}")
-    return 1 if errors else 0
+    return ExitCode.FAILED if errors else ExitCode.OK

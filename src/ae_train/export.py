@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from .config import ConfigError
+from .exitcodes import ExitCode
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -90,4 +91,4 @@ def main(argv: list[str]) -> int:
     (out / "export.json").write_text(json.dumps(meta, indent=1))
     print(f"wrote {enc_path} and {dec_path} (input {'x'.join(map(str, spec.shape))} {spec.dtype}, "
           f"latent {meta['latent_dim']}); load with {meta['load']}")
-    return 0
+    return ExitCode.OK

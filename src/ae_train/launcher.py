@@ -10,7 +10,6 @@ collective until the DDP timeout, and the train log says which rank went and how
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -21,55 +20,17 @@ import time
 from pathlib import Path
 
 from . import checkpoint_files, lightning_args, logs, runlock
+from . import logformat as lf
 from .config import Config, ConfigError, resume_path, to_yaml
 from .data import splits
 from .data.shards import COUNTS_ENV, DataError, list_shards
+from .devices import resolve_devices
+from .exitcodes import PREEMPTED, STOPPED_ON_PURPOSE, ExitCode, stopped_by
 from .launchwatch import LauncherWatchdog
+from .orphans import LAUNCHER_ENV
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
-LAUNCHER_ENV = "AE_TRAIN_LAUNCHER"  # the launcher's pid, for the ranks we start; absent under torchrun/srun
-CHECKPOINT_WRITE_FAILED = 4  # rank exit code: a checkpoint could not be written (train.py)
-# Exit codes of ranks that stopped the run on purpose, together, after saying why in an ERROR line.
-STOPPED = {3: "too many unreadable shards", CHECKPOINT_WRITE_FAILED: "a checkpoint could not be written"}
-CONFIG_MARK = "# written by ae-train: the resolved config of the latest run\n"
-COUNTS_CACHE = "shard_counts.json"  # in output_dir: counts this run's launcher made by reading shards
-
-
-def resolve_devices(cfg: Config) -> None:
-    import torch
-
-    gpus = torch.cuda.device_count() if cfg.trainer.accelerator != "cpu" else 0
-    if cfg.trainer.accelerator == "auto":
-        cfg.trainer.accelerator = "gpu" if gpus else "cpu"
-    if cfg.trainer.accelerator in ("gpu", "cuda") and not gpus:
-        raise ConfigError("trainer.accelerator: gpu requested but no CUDA device is visible")
-    if cfg.trainer.devices == "auto":
-        cfg.trainer.devices = str(gpus if cfg.trainer.accelerator in ("gpu", "cuda") else 2)
-    if cfg.trainer.accelerator in ("gpu", "cuda") and int(cfg.trainer.devices) > gpus:
-        raise ConfigError(f"trainer.devices: {cfg.trainer.devices} requested, {gpus} GPU(s) visible")
-
-
-def check_output_dir(cfg: Config) -> Path:
-    out = Path(cfg.output_dir)
-    try:
-        (out / "logs").mkdir(parents=True, exist_ok=True)
-        probe = out / "logs" / f".write_test_{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"output_dir {cfg.output_dir} is not writable: {e.strerror or e}") from None
-    return out / "logs"
-
-
-def write_config(cfg: Config, out: Path, ts: str) -> None:
-    text = to_yaml(cfg)
-    (out / f"config_{ts}.yaml").write_text(CONFIG_MARK + text)
-    latest = out / "config.yaml"
-    # config.yaml is ours to update; a file the user put there is never overwritten.
-    if not latest.exists() or latest.read_text().startswith(CONFIG_MARK):
-        latest.write_text(CONFIG_MARK + text)
-    else:
-        log.warning("Left %s as it is (not written by ae-train); this run's config is config_%s.yaml", latest, ts)
 
 
 def _free_port() -> int:
@@ -98,65 +59,77 @@ class _Held(logging.Handler):
         self.records.append(record)
 
 
-def _cheap_checks(cfg: Config) -> tuple[Path, dict[str, list[str]], int | None, str | None]:
+def _node_rank() -> int:
+    return int(os.environ.get("NODE_RANK", 0))
+
+
+def _cheap_checks(cfg: Config, run: RunDir) -> tuple[dict[str, list[str]], int | None, str | None]:
     """What fails in well under a second, without torch or reading a shard: one line on bad input.
-    Returns the logs dir, each split's shard URLs, the run lock (node 0) and the checkpoint to resume."""
-    nodes, node_rank = cfg.trainer.num_nodes, int(os.environ.get("NODE_RANK", 0))
+    Returns each split's shard URLs, the run lock (node 0) and the checkpoint to resume."""
+    nodes, node_rank = cfg.trainer.num_nodes, _node_rank()
     if nodes > 1 and not os.environ.get("MASTER_ADDR"):
         raise ConfigError(f"trainer.num_nodes={nodes}: set MASTER_ADDR (node 0's address) and NODE_RANK on every node")
     if not 0 <= node_rank < nodes:
         raise ConfigError(f"NODE_RANK={node_rank} is outside 0..{nodes - 1} (trainer.num_nodes={nodes})")
     listed = {name: list_shards(getattr(cfg.data, name), f"data.{name}")
               for name in splits.SPLITS if getattr(cfg.data, name).strip()}
-    logs_dir = check_output_dir(cfg)
+    run.prepare()
     # One run per output_dir: node 0's launcher holds the lock (other nodes join node 0's run).
     lock = runlock.acquire(cfg.output_dir) if node_rank == 0 else None
     ckpt = resume_path(cfg)  # before any rank: a missing, broken or about-to-be-overwritten checkpoint
-    return logs_dir, listed, lock, ckpt
+    return listed, lock, ckpt
 
 
-def _resolve_data(cfg: Config, listed: dict[str, list[str]]) -> splits.DataFacts:
-    """Counts (reusing those an earlier run of this output_dir made) and first samples of each split."""
-    cache = Path(cfg.output_dir) / COUNTS_CACHE
-    try:
-        known = json.loads(cache.read_text()) if cache.is_file() else {}
-    except (OSError, ValueError):
-        known = {}
-    before = len(known)
-    facts = splits.resolve(cfg, known, listed)
-    if len(known) != before:  # counts this run made by reading shards: the next run reuses them
-        tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, cache)
-        log.info("Saved the sample counts of %d shard(s) to %s", len(known) - before, cache)
-    return facts
-
-
-def launch(cfg: Config, argv: list[str]) -> int:
+def _checks_held(cfg: Config, run: RunDir) -> tuple[dict[str, list[str]], int | None, str | None, _Held]:
+    """The cheap checks, their log records held back (there is no train log yet)."""
     held = _Held()
     logging.getLogger().addHandler(held)
     logging.getLogger().setLevel(logging.INFO)
     try:
-        logs_dir, listed, lock, ckpt = _cheap_checks(cfg)
+        return (*_cheap_checks(cfg, run), held)
     finally:
         logging.getLogger().removeHandler(held)
-    nodes, node_rank = cfg.trainer.num_nodes, int(os.environ.get("NODE_RANK", 0))
-    # From here on the run has a train log (tail -f finds it at once); the console shows the checks
-    # once they take a while, and a check that fails is still one `ae-train: error:` line.
-    ts = logs.new_run_timestamp(logs_dir)
-    train_log = logs.setup_launcher_logging(logs_dir, ts, train_log=node_rank == 0, hold_console=True)
+
+
+def _open_train_log(run: RunDir, held: _Held) -> str:
+    """The run's timestamp and train log (tail -f finds it at once); the held records go into it. The
+    console shows the checks once they take a while, and a check that fails is still one
+    `ae-train: error:` line."""
+    node_rank = _node_rank()
+    ts = logs.new_run_timestamp(run.logs)
+    train_log = logs.setup_launcher_logging(run.logs, ts, train_log=node_rank == 0, hold_console=True)
     if node_rank == 0:
-        log.info("Logs: %s and %s", train_log, logs_dir / f"debug_rank*_{ts}.log", extra=logs.CONSOLE)
-        log.info("Monitor logs with: tail -f %s", train_log, extra=logs.CONSOLE)
+        log.info(lf.LOGS_AT.template, train_log, run.debug_logs(ts), extra=logs.CONSOLE)
+        log.info(lf.MONITOR.template, train_log, extra=logs.CONSOLE)
     for record in held.records:
         logging.getLogger(record.name).handle(record)
-    if lock is not None:  # ours now: what a save cut short left behind can go
-        for p in checkpoint_files.remove_leftovers(Path(cfg.output_dir) / "checkpoints"):
-            log.warning("Removed %s, left by a checkpoint save that did not finish", p)
-    log.info("Checking the data of run %s before starting ranks", ts, extra=logs.CONSOLE)
+    return ts
+
+
+def _remove_leftovers(run: RunDir) -> None:
+    """The run lock is ours now: what a save cut short left behind can go."""
+    for p in checkpoint_files.remove_leftovers(run.checkpoints):
+        log.warning(lf.LEFTOVER_REMOVED.template, p)
+
+
+def _resolve_data(cfg: Config, run: RunDir, listed: dict[str, list[str]]) -> splits.DataFacts:
+    """Counts (reusing those an earlier run of this output_dir made) and first samples of each split."""
+    known = run.load_counts()
+    before = len(known)
+    facts = splits.resolve(cfg, known, listed)
+    if len(known) != before:  # counts this run made by reading shards: the next run reuses them
+        run.save_counts(known)
+        log.info(lf.COUNTS_SAVED.template, len(known) - before, run.counts_cache)
+    return facts
+
+
+def _slow_checks(cfg: Config, run: RunDir, listed: dict[str, list[str]], ts: str) -> splits.DataFacts:
+    """Reading shards, building callbacks and loggers, finding devices: under the launcher's watchdog.
+    A failure is logged to the train log and raised (the console shows it as one line)."""
+    log.info(lf.CHECKING.template, ts, extra=logs.CONSOLE)
     try:
         with LauncherWatchdog(cfg.log.hang_timeout_s):
-            facts = _resolve_data(cfg, listed)
+            facts = _resolve_data(cfg, run, listed)
             # A callback or logger that cannot be built (a bad argument): one line here, not in every rank.
             lightning_args.build(cfg.trainer.callbacks, "trainer.callbacks")
             lightning_args.build(cfg.trainer.logger, "trainer.logger", {"save_dir": cfg.output_dir})
@@ -167,24 +140,31 @@ def launch(cfg: Config, argv: list[str]) -> int:
         e.logged = True
         raise
     logs.release_console()
-    devices = int(cfg.trainer.devices)
-    world = devices * nodes
-    if node_rank == 0:
-        log.info("Starting training: %d rank(s) on %d node(s), %s, run %s", world, nodes, cfg.trainer.accelerator, ts,
-                 extra=logs.CONSOLE)
-        log.info("Config:\n%s", to_yaml(cfg).rstrip())
-        write_config(cfg, Path(cfg.output_dir), ts)
-    else:
-        log.info("Node %d: starting ranks %d-%d; node 0 (%s) names the run", node_rank, node_rank * devices,
-                 node_rank * devices + devices - 1, os.environ["MASTER_ADDR"], extra=logs.CONSOLE)
-    counts_file = logs_dir / f".shard_counts_{ts}.json"
-    facts.save(str(counts_file))
+    return facts
 
+
+def _announce_start(cfg: Config, run: RunDir, ts: str) -> None:
+    """Node 0 names the run and writes its config; other nodes say which ranks they start."""
+    devices, nodes, node_rank = int(cfg.trainer.devices), cfg.trainer.num_nodes, _node_rank()
+    if node_rank == 0:
+        log.info(lf.STARTING.template, devices * nodes, nodes, cfg.trainer.accelerator, ts, extra=logs.CONSOLE)
+        log.info(lf.CONFIG.template, to_yaml(cfg).rstrip())
+        run.write_config(cfg, ts)
+    else:
+        log.info(lf.NODE_STARTING.template, node_rank, node_rank * devices, node_rank * devices + devices - 1,
+                 os.environ["MASTER_ADDR"], extra=logs.CONSOLE)
+
+
+def _start_ranks(cfg: Config, argv: list[str], ts: str, counts_file: Path, lock: int | None,
+                 ckpt: str | None) -> dict[int, subprocess.Popen]:
+    """One `ae-train fit` per local device, with Lightning's environment variables and the resolved
+    values (devices, input shape, the checkpoint) as flags."""
+    devices, nodes, node_rank = int(cfg.trainer.devices), cfg.trainer.num_nodes, _node_rank()
     env = dict(os.environ, **{
         logs.RUN_TS_ENV: ts, COUNTS_ENV: str(counts_file), LAUNCHER_ENV: str(os.getpid()),
         "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
         "MASTER_PORT": os.environ.get("MASTER_PORT", "29500" if nodes > 1 else str(_free_port())),
-        "WORLD_SIZE": str(world), "NODE_RANK": str(node_rank),
+        "WORLD_SIZE": str(devices * nodes), "NODE_RANK": str(node_rank),
     })
     resolved = [f"--trainer.devices={devices}", f"--trainer.accelerator={cfg.trainer.accelerator}",
                 f"--model.input_dim={cfg.model.input_dim}",
@@ -196,12 +176,28 @@ def launch(cfg: Config, argv: list[str]) -> int:
     for local in range(devices):
         # The ranks inherit the run lock: it is held until the last process of the run is gone.
         procs[node_rank * devices + local] = subprocess.Popen(cmd, env=dict(env, LOCAL_RANK=str(local)),
-                                                              preexec_fn=_rank_preexec,
+                                                              preexec_fn=rank_preexec,
                                                               pass_fds=(lock,) if lock is not None else ())
-    return _watch(procs, counts_file)
+    return procs
 
 
-def _rank_preexec() -> None:
+def launch(cfg: Config, argv: list[str]) -> int:
+    run = RunDir.of(cfg)
+    listed, lock, ckpt, held = _checks_held(cfg, run)
+    ts = _open_train_log(run, held)
+    if lock is not None:
+        _remove_leftovers(run)
+    facts = _slow_checks(cfg, run, listed, ts)
+    _announce_start(cfg, run, ts)
+    counts_file = run.launch_counts(ts)
+    facts.save(str(counts_file))
+    try:
+        return watch(_start_ranks(cfg, argv, ts, counts_file, lock, ckpt))
+    finally:
+        counts_file.unlink(missing_ok=True)
+
+
+def rank_preexec() -> None:
     """In each rank before exec: its own process group (so its DataLoader workers can be stopped with
     it) and SIGTERM if the launcher dies (no orphan ranks holding GPUs). A process group of its own is
     a background job of the terminal: with `stty tostop` its first console line would stop it
@@ -217,63 +213,88 @@ def _rank_preexec() -> None:
         pass
 
 
-PREEMPTED = {128 + signal.SIGTERM, 128 + signal.SIGINT}  # a rank that saved last.ckpt and stopped
+class _Watch:
+    """What the watch has seen: signals received, a rank that failed, ranks that stopped the run on
+    purpose, ranks that saved last.ckpt and stopped."""
 
+    def __init__(self, procs: dict[int, subprocess.Popen], stop_grace_s: float):
+        self.procs, self.stop_grace_s = procs, stop_grace_s
+        self.received: list[int] = []
+        self.signalled_at: float | None = None
+        self.failed: tuple[int, int] | None = None
+        self.stopped: tuple[int, float] | None = None  # (exit code, when) of ranks that stopped the run together
+        self.preempted = False
 
-def _watch(procs: dict[int, subprocess.Popen], counts_file: Path, stop_grace_s: float = 120.0) -> int:
-    """Wait for the ranks. A rank that fails stops the rest at once; SIGTERM/SIGINT are passed on so
-    every rank saves last.ckpt at the same step and exits. Ranks that stop the run together on purpose
-    (exit codes in STOPPED) are given 30 s to do so; the launcher exits with their code."""
-    received: list[int] = []
-
-    def forward(signum, _frame):
-        received.append(signum)
-        if len(received) > 1:
+    def forward(self, signum, _frame) -> None:
+        """SIGTERM/SIGINT to the launcher: every rank saves last.ckpt at the same step and exits."""
+        self.received.append(signum)
+        if len(self.received) > 1:
             return  # the watch loop kills the ranks now
-        signalled_at.append(time.monotonic())
-        log.warning("Received %s; asking %d rank(s) to save last.ckpt and stop (a second signal kills them)",
-                    signal.Signals(signum).name, len(procs), extra=logs.CONSOLE)
-        for p in procs.values():
+        self.signalled_at = time.monotonic()
+        log.warning(lf.RECEIVED.template, signal.Signals(signum).name, len(self.procs), extra=logs.CONSOLE)
+        for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
 
-    signalled_at: list[float] = []
+    def see_exits(self) -> None:
+        """A rank that failed stops the rest at once; the others' exits are noted."""
+        for rank, p in self.procs.items():
+            code = p.poll()
+            if code in (None, 0) or self.failed is not None:
+                continue
+            if code in PREEMPTED:
+                self.preempted = True
+                continue
+            if code in STOPPED_ON_PURPOSE:  # every rank stops at the same point on its own; its ERROR line says why
+                if self.stopped is None:
+                    self.stopped = (code, time.monotonic())
+                    log.info(lf.RANK_STOPPED.template, rank, code, STOPPED_ON_PURPOSE[code], extra=logs.CONSOLE)
+                continue
+            self.failed = (rank, code)
+            log.error(lf.EXITED.template, rank, p.pid, _describe_exit(code))
+            _stop(self.procs)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    failed: tuple[int, int] | None = None
-    preempted = False
-    stopped: tuple[int, float] | None = None  # (exit code, when) of ranks that stopped the run together
+    def kill_overdue(self) -> None:
+        """Ranks that do not stop when they should (after the others stopped the run, after a signal) are killed."""
+        if self.failed is None and self.stopped is not None and time.monotonic() - self.stopped[1] > 30:
+            self._kill(lf.NOT_STOPPED_AFTER_OTHERS.template)
+        if self.failed is None and self.signalled_at is not None and (
+                len(self.received) > 1 or time.monotonic() - self.signalled_at > self.stop_grace_s):
+            self._kill(lf.NOT_STOPPED_AFTER_SIGNAL.template, "after a second signal" if len(self.received) > 1
+                       else f"within {self.stop_grace_s:.0f} s of the signal")
+
+    def _kill(self, template: str, *args) -> None:
+        log.error(template, *args)
+        self.failed = (-1, -signal.SIGKILL)
+        _stop(self.procs, grace_s=0)
+
+    def exit_code(self) -> int:
+        """The launcher's exit code, said in the train log when the run ended well or was stopped."""
+        if self.stopped is not None:
+            return ExitCode(self.stopped[0])
+        if self.failed is not None:
+            return ExitCode.FAILED
+        if self.received or self.preempted:
+            log.info(lf.STOPPED_BY.template, signal.Signals(self.received[0]).name if self.received else "signal",
+                     extra=logs.CONSOLE)
+            return stopped_by(self.received[0] if self.received else signal.SIGTERM)
+        log.info(lf.ALL_FINISHED.template, len(self.procs))
+        return ExitCode.OK
+
+
+def watch(procs: dict[int, subprocess.Popen], stop_grace_s: float = 120.0) -> int:
+    """Wait for the ranks. A rank that fails stops the rest at once; SIGTERM/SIGINT are passed on so
+    every rank saves last.ckpt at the same step and exits. Ranks that stop the run together on purpose
+    (exit codes in STOPPED_ON_PURPOSE) are given 30 s to do so; the launcher exits with their code."""
+    w = _Watch(procs, stop_grace_s)
+    old = {s: signal.signal(s, w.forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while True:
             running = any(p.poll() is None for p in procs.values())
-            for rank, p in procs.items():
-                code = p.poll()
-                if code in (None, 0) or failed is not None:
-                    continue
-                if code in PREEMPTED:
-                    preempted = True
-                    continue
-                if code in STOPPED:  # every rank stops at the same point on its own; its ERROR line says why
-                    if stopped is None:
-                        stopped = (code, time.monotonic())
-                        log.info("Rank %d stopped the run (exit code %d: %s)", rank, code, STOPPED[code],
-                                 extra=logs.CONSOLE)
-                    continue
-                failed = (rank, code)
-                log.error("Rank %d (pid %d) exited with %s; stopping the other ranks", rank, p.pid, _describe_exit(code))
-                _stop(procs)
+            w.see_exits()
             if not running:
                 break
-            if failed is None and stopped is not None and time.monotonic() - stopped[1] > 30:
-                log.error("Ranks did not stop within 30 s of the others; killing them")
-                failed = (-1, -signal.SIGKILL)
-                _stop(procs, grace_s=0)
-            if failed is None and signalled_at and (
-                    len(received) > 1 or time.monotonic() - signalled_at[0] > stop_grace_s):
-                log.error("Ranks did not stop %s; killing them",
-                          "after a second signal" if len(received) > 1 else f"within {stop_grace_s:.0f} s of the signal")
-                failed = (-1, -signal.SIGKILL)
-                _stop(procs, grace_s=0)
+            w.kill_overdue()
             time.sleep(0.2)
     finally:
         for s, h in old.items():
@@ -283,17 +304,7 @@ def _watch(procs: dict[int, subprocess.Popen], counts_file: Path, stop_grace_s: 
                 os.killpg(p.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        counts_file.unlink(missing_ok=True)
-    if stopped is not None:
-        return stopped[0]
-    if failed is not None:
-        return 1
-    if received or preempted:
-        log.info("Stopped by %s; continue with --resume=auto", signal.Signals(received[0]).name if received else "signal",
-                 extra=logs.CONSOLE)
-        return 128 + (received[0] if received else signal.SIGTERM)
-    log.info("All %d rank(s) finished", len(procs))
-    return 0
+    return w.exit_code()
 
 
 def _stop(procs: dict[int, subprocess.Popen], grace_s: float = 5.0) -> None:

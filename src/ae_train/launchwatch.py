@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 
+from . import logformat as lf
 from . import logs, stacks
 from .data.shards import reads_in_flight
 
@@ -67,6 +68,5 @@ class LauncherWatchdog:
                 reads = reads_in_flight()
                 reading = f"; reading {reads[0][0]} for {reads[0][1]:.0f} s" if reads else \
                     (f"; {p.beat}" if p.beat else "")
-                log.error("HANG SUSPECTED: no progress for %d s in launcher checks (last event: %s%s)",
-                          quiet, p.stage, reading)
+                log.error(lf.LAUNCHER_HANG.template, quiet, p.stage, reading)
                 log.info("%s", stacks.format_stacks("launcher", "HANG SUSPECTED"), extra=logs.CONSOLE)

@@ -190,3 +190,76 @@ def marker_start(what: str) -> str:
 def format_split(shares: list[float]) -> str:
     """`data wait 3.1%, forward 20.0%, ...` from the parts' percentages, in SPLIT_NAMES order."""
     return ", ".join(SPLIT_PART % (name, s) for name, s in zip(SPLIT_NAMES, shares))
+
+
+# --- launcher, rank start-up, checkpoints, preemption ---
+# Where the logs are (console, then the train log): the launcher, or rank 0 when torchrun/srun started it.
+LOGS_AT = Message("Logs: %s and %s", ("/out/logs/train_20261129_050102.log", "/out/logs/debug_rank*_20261129_050102.log"),
+                  re.compile(rb"Logs: (\S+) and (\S+)"))
+MONITOR = Message("Monitor logs with: tail -f %s", ("/out/logs/train_20261129_050102.log",),
+                  re.compile(rb"Monitor logs with: tail -f (\S+)"))
+CONFIG = Message("Config:\n%s", ("seed: 0",), re.compile(rb"Config:\n"), doc_cut="Config:")  # then the YAML
+CONFIG_LEFT = Message("Left %s as it is (not written by ae-train); this run's config is config_%s.yaml",
+                      ("/out/config.yaml", "20261129_050102"), re.compile(rb"Left (.+) as it is \(not written by ae-train\)"))
+COUNTS_SAVED = Message("Saved the sample counts of %d shard(s) to %s", (12, "/out/shard_counts.json"),
+                       re.compile(rb"Saved the sample counts of (\d+) shard\(s\) to (.*)"))
+LEFTOVER_REMOVED = Message("Removed %s, left by a checkpoint save that did not finish",
+                           ("/out/checkpoints/last.ckpt.tmp4242",),
+                           re.compile(rb"Removed (.+), left by a checkpoint save that did not finish"))
+LAUNCHER_HANG = Message("HANG SUSPECTED: no progress for %d s in launcher checks (last event: %s%s)",
+                        (600, "<last line>", "; reading <url> for 600 s"), HANG.pattern)
+NODE_STARTING = Message("Node %d: starting ranks %d-%d; node 0 (%s) names the run", (1, 8, 15, "10.0.0.1"),
+                        re.compile(rb"Node (\d+): starting ranks (\d+)-(\d+)"))
+NODE_WRITES = Message("Node %d (%s) writes ranks %d-%d to %s", (1, "host", 8, 15, "/out/logs/debug_rank*_<ts>.log"),
+                      re.compile(rb"Node (\d+) \((.*?)\) writes ranks (\d+)-(\d+) to (.*)"))
+RANK_STOPPED = Message("Rank %d stopped the run (exit code %d: %s)", (0, 4, "a checkpoint could not be written"),
+                       re.compile(rb"Rank (\d+) stopped the run \(exit code (\d+): (.*)\)"))
+NOT_STOPPED_AFTER_OTHERS = Message("Ranks did not stop within 30 s of the others; killing them", (),
+                                   re.compile(rb"Ranks did not stop within 30 s of the others"))
+NOT_STOPPED_AFTER_SIGNAL = Message("Ranks did not stop %s; killing them", ("after a second signal",),
+                                   re.compile(rb"Ranks did not stop (.*); killing them"))
+STOPPED_BY = Message("Stopped by %s; continue with --resume=auto", ("SIGTERM",), re.compile(rb"Stopped by (\S+);"))
+ALL_FINISHED = Message("All %d rank(s) finished", (2,), re.compile(rb"All (\d+) rank\(s\) finished"))
+# A rank's main process.
+MLP_ON_IMAGES = Message("model.arch=mlp on %s images: each is flattened to %d values (pixels scaled to [0, 1])",
+                        ("1x28x28", 784), re.compile(rb"model\.arch=mlp on (\S+) images"))
+STOPPING = Message("Stopping: %s", ("5 of 40 shards of train_shards could not be read in epoch 0, over the limit of 4 "
+                                    "(data.max_shard_errors=0.1); see the ERROR lines naming each shard",),
+                   re.compile(rb"Stopping: (.*)"), doc_cut="in epoch 0, ")
+# TooManyShardErrors' text, logged after `Stopping: `.
+SHARD_LIMIT = ("%d of %d shards of %s could not be read in epoch %d, over the limit of %d (data.max_shard_errors=%g); "
+               "see the ERROR lines naming each shard")
+SHARD_ERRORS_EPOCH = Message("Epoch %d %s: %d of %d shards of %s could not be read (limit %d, data.max_shard_errors=%g)",
+                             (0, "train", 2, 40, "train_shards", 4, 0.1),
+                             re.compile(rb"Epoch (\d+) (train|val): (\d+) of (\d+) shards of (\S+) could not be read"))
+CKPT_WRITE_FAILED = Message("Stopping: could not write checkpoint %s; the checkpoints saved before are kept "
+                            "(continue with --resume=auto once there is room)",
+                            ("/out/checkpoints/last.ckpt: No space left on device",),
+                            re.compile(rb"Stopping: could not write checkpoint (.*); the checkpoints saved before"))
+STEP_SAVED = Message("Saved step checkpoint %s at epoch %d step %d (batch %d of the epoch) in %.2fs",
+                     ("/out/checkpoints/last.ckpt", 1, 425, 176, 0.02),
+                     re.compile(rb"Saved step checkpoint (.+) at epoch (\d+) step (\d+) \(batch (\d+) of the epoch\)"))
+# Preemption (every rank).
+RESUMING = Message("Resuming from %s at epoch %d, step %d", ("/out/checkpoints/last.ckpt", 1, 97),
+                   re.compile(rb"Resuming from (.+) at epoch (\d+), step (\d+)"))
+PREEMPT_SAVED = Message("Received %s at epoch %d step %d; saved %s", ("SIGTERM", 1, 97, "/out/checkpoints/last.ckpt"),
+                        re.compile(rb"Received (\S+) at epoch (\d+) step (\d+); saved (.*)"))
+PREEMPT_NOT_SAVED = Message("Received %s at epoch %d step %d; could not save %s (the previous one is kept)",
+                            ("SIGTERM", 1, 97, "/out/checkpoints/last.ckpt: No space left on device"),
+                            re.compile(rb"Received (\S+) at epoch (\d+) step (\d+); could not save (.*) \(the previous"))
+# `ae-train encode` (its launcher's train log, each rank's debug log; the shard lines are the reader's).
+ENCODING = Message("Encoding %d shard(s) with %s on %d rank(s), run %s", (4, "/out/checkpoints/last.ckpt", 2,
+                                                                           "20261129_050102"),
+                   re.compile(rb"Encoding (\d+) shard\(s\) with (.+) on (\d+) rank\(s\), run (\S+)"))
+ENCODE_PROCESSING = Message("Processing %d/%d files from %s (%s, device %s)",
+                            (2, 4, "encode_shards", "/out/checkpoints/last.ckpt", "cpu"),
+                            re.compile(rb"Processing (\d+)/(\d+) files from (\S+) \((.*), device (\S+)\)"))
+ENCODE_OPENING = Message("Opening shard %s", ("/data/train-000003.tar",), OPENING.pattern)
+ENCODE_COMPLETED = Message("COMPLETED iteration, total samples: %d (shards %d, errors %d, %.1fs, %s)",
+                           (400, 2, 0, 1.5, "encode_shards"),
+                           re.compile(rb"COMPLETED iteration, total samples: (\d+) \(shards (\d+), errors (\d+)"))
+ENCODED = Message("Encoded %d of %d shard(s) into %s", (4, 4, "/out/latents"),
+                  re.compile(rb"Encoded (\d+) of (\d+) shard\(s\) into (.*)"))
+
+# The sections above this one were collected into MESSAGES where it is defined; these join them here.
+MESSAGES.update({name: m for name, m in globals().items() if isinstance(m, Message)})

@@ -20,6 +20,13 @@ import threading
 import time
 
 log = logging.getLogger(__name__)
+LAUNCHER_ENV = "AE_TRAIN_LAUNCHER"  # the launcher's pid, for the ranks it starts; absent under torchrun/srun
+
+
+def launcher_pid() -> int | None:
+    """The pid of the launcher that started this rank, or None (torchrun, srun, no launcher)."""
+    pid = os.environ.get(LAUNCHER_ENV, "")
+    return int(pid) if pid.isdigit() else None
 
 
 def descendants(pid: int) -> list[int]:

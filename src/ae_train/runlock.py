@@ -1,4 +1,4 @@
-"""One run per output directory: `output_dir/.ae_train.lock`, held with flock for the life of the run.
+"""One run per output directory: `output_dir/.ae_train.lock` (RunDir.lock), held with flock for the life of the run.
 
 The launcher takes the lock before it writes anything; its ranks inherit the locked file, so the lock
 is held until the last process of the run is gone (a launcher killed by SIGKILL leaves ranks that
@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from .config import ConfigError
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
-LOCK_NAME = ".ae_train.lock"
 _held: set[int] = set()  # descriptors of locks this process holds
 
 
@@ -35,7 +35,7 @@ def _holder(text: str) -> dict:
 def acquire(output_dir: str | Path) -> int:
     """Lock `output_dir` for this run and return the locked file's descriptor (open until this process
     exits; pass it to the ranks). ConfigError when a live run holds it."""
-    path = Path(output_dir) / LOCK_NAME
+    path = RunDir(Path(output_dir)).lock
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:

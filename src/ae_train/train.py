@@ -9,7 +9,6 @@ import socket
 import time
 import warnings
 from datetime import timedelta
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -18,6 +17,7 @@ from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from . import lightning_args, logs
+from . import logformat as lf
 from .callbacks.checkpoint import LoggedModelCheckpoint
 from .callbacks.debug import DebugCallback
 from .callbacks.preemption import PreemptionCallback
@@ -32,9 +32,11 @@ from .data import splits
 from .data.datamodule import ShardDataModule
 from .data.shards import COUNTS_ENV, DataError
 from .data.splits import DataFacts
-from .launcher import CHECKPOINT_WRITE_FAILED, LAUNCHER_ENV, resolve_devices, write_config
+from .devices import resolve_devices
+from .exitcodes import ExitCode
 from .model import AutoEncoder
-from .orphans import ParentWatch
+from .orphans import LAUNCHER_ENV, ParentWatch, launcher_pid
+from .rundir import METRICS, TENSORBOARD, RunDir
 
 log = logging.getLogger(__name__)
 # Lightning's own use of a deprecated torch API, once per rank and fit: noise in every train log.
@@ -70,7 +72,7 @@ def agree_on_run_timestamp(cfg: Config, env, rank: int, world: int, local_rank: 
     default process group is made here, before Lightning would make it (Lightning then uses it): a
     gloo backend carries the string, NCCL the training tensors.
     """
-    logs_dir = Path(cfg.output_dir) / "logs"
+    logs_dir = RunDir.of(cfg).logs
     mine = os.environ.get(logs.RUN_TS_ENV) if rank == 0 else None
     if world == 1:
         return mine or logs.new_run_timestamp(logs_dir)
@@ -94,12 +96,12 @@ def agree_on_run_timestamp(cfg: Config, env, rank: int, world: int, local_rank: 
 def _metric_loggers(cfg: Config, ts: str) -> list:
     """CSV always (metrics/<ts>/metrics.csv); the user's loggers (trainer.logger), or TensorBoard
     when it is installed and the user named none."""
-    loggers = [CSVLogger(cfg.output_dir, name="metrics", version=ts)]
+    loggers = [CSVLogger(cfg.output_dir, name=METRICS, version=ts)]
     if cfg.trainer.logger:
         return loggers + lightning_args.build(cfg.trainer.logger, "trainer.logger", {"save_dir": cfg.output_dir})
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         from pytorch_lightning.loggers import TensorBoardLogger
-        loggers.append(TensorBoardLogger(cfg.output_dir, name="tensorboard", version=ts))
+        loggers.append(TensorBoardLogger(cfg.output_dir, name=TENSORBOARD, version=ts))
     return loggers
 
 
@@ -135,51 +137,47 @@ def _model(cfg: Config, facts: DataFacts, total_steps: int) -> AutoEncoder:
     m = cfg.model
     spec = facts.splits["train_shards"].spec
     if m.arch == "mlp" and spec.decoder == "image":
-        log.info("model.arch=mlp on %s images: each is flattened to %d values (pixels scaled to [0, 1])",
-                 "x".join(map(str, spec.shape)), spec.size)
+        log.info(lf.MLP_ON_IMAGES.template, "x".join(map(str, spec.shape)), spec.size)
     return AutoEncoder(m.input_dim, m.latent_dim, m.hidden_dims, m.activation, m.lr, m.weight_decay, m.warmup_steps,
                        total_steps=total_steps, arch=m.arch, input_shape=m.input_shape, conv_channels=m.conv_channels,
                        sample_key=cfg.data.sample_key, decoder=spec.decoder)
 
 
-def _announce(cfg: Config, paths: dict, ts: str, rank: int, world: int, local_rank: int, node_rank: int,
+def _announce(cfg: Config, run: RunDir, ts: str, rank: int, world: int, local_rank: int, node_rank: int,
               gpu: bool) -> None:
-    """The debug log's header; where the logs are (console), when no launcher said it already."""
+    """The debug log's header; where the logs are (console) and the config, when no launcher did it already."""
     device = torch.cuda.get_device_name(local_rank) if gpu else "cpu"
-    log.info("Debug log of rank %d/%d: host=%s pid=%d local_rank=%d node_rank=%d device=%s run=%s "
-             "python=%s torch=%s lightning=%s", rank, world, socket.gethostname(), os.getpid(), local_rank,
+    log.info(lf.HEADER.template, rank, world, socket.gethostname(), os.getpid(), local_rank,
              node_rank, device, ts, platform.python_version(), torch.__version__, pl.__version__)
-    debug_logs = paths["train"].parent / f"debug_rank*_{ts}.log"
     if rank == 0 and LAUNCHER_ENV not in os.environ:  # torchrun or srun: no launcher did this
-        log.info("Config:\n%s", to_yaml(cfg).rstrip())
-        log.info("Logs: %s and %s", paths["train"], debug_logs, extra=logs.CONSOLE)
-        log.info("Monitor logs with: tail -f %s", paths["train"], extra=logs.CONSOLE)
-        write_config(cfg, Path(cfg.output_dir), ts)
+        log.info(lf.CONFIG.template, to_yaml(cfg).rstrip())
+        log.info(lf.LOGS_AT.template, run.train_log(ts), run.debug_logs(ts), extra=logs.CONSOLE)
+        log.info(lf.MONITOR.template, run.train_log(ts), extra=logs.CONSOLE)
+        run.write_config(cfg, ts)
     elif node_rank > 0 and local_rank == 0:  # other nodes' consoles: only errors, and where the logs are
-        log.info("Node %d (%s) writes ranks %d-%d to %s", node_rank, socket.gethostname(), rank,
-                 rank + int(cfg.trainer.devices) - 1, debug_logs, extra=logs.NODE_CONSOLE)
+        log.info(lf.NODE_WRITES.template, node_rank, socket.gethostname(), rank,
+                 rank + int(cfg.trainer.devices) - 1, run.debug_logs(ts), extra=logs.NODE_CONSOLE)
 
 
 def main(cfg: Config) -> int:
     # First of all: a rank whose launcher is gone must not outlive it, even while blocked in C.
-    launcher_pid = os.environ.get(LAUNCHER_ENV, "")
-    ParentWatch(cfg.checkpoint.parent_death_grace_s, int(launcher_pid) if launcher_pid.isdigit() else None).start()
+    ParentWatch(cfg.checkpoint.parent_death_grace_s, launcher_pid()).start()
     resolve_devices(cfg)  # `auto` under torchrun/srun, where no launcher resolved it
     env = cluster_environment(cfg)
     rank, world, local_rank, node_rank = rank_layout(cfg, env)
-    logs_dir = Path(cfg.output_dir) / "logs"
+    run = RunDir.of(cfg)
     ts = agree_on_run_timestamp(cfg, env, rank, world, local_rank)
     os.environ[logs.RUN_TS_ENV] = ts
-    paths = logs.setup_rank_logging(logs_dir, ts, rank, world, cfg.debug)
+    logs.setup_rank_logging(run.logs, ts, rank, world, cfg.debug)
     gpu = cfg.trainer.accelerator in ("gpu", "cuda")
-    _announce(cfg, paths, ts, rank, world, local_rank, node_rank, gpu)
+    _announce(cfg, run, ts, rank, world, local_rank, node_rank, gpu)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     facts = _data_facts(cfg, rank, world)
     datamodule = ShardDataModule(cfg.data, facts, cfg.seed, rank)
     model = _model(cfg, facts, total_steps=_optimizer_steps(cfg, datamodule.steps_per_epoch(world)))
     has_val = bool(cfg.data.val_shards.strip())
-    ckpt_dir = Path(cfg.output_dir) / "checkpoints"
+    ckpt_dir = run.checkpoints
     shard_errors = ShardErrorLimit(cfg.data.max_shard_errors)
     preemption = PreemptionCallback(ckpt_dir)
     callbacks = [
@@ -232,12 +230,10 @@ def main(cfg: Config) -> int:
     except SIGTERMException:
         return preemption.exit_code  # last.ckpt saved and logged; resume with --resume=auto
     except CheckpointWriteError as e:  # raised on every rank at the same save; one ERROR line, from rank 0
-        log.log(logging.ERROR if rank == 0 else logging.INFO, "Stopping: could not write checkpoint %s; the "
-                "checkpoints saved before are kept (continue with --resume=auto once there is room)", e)
-        return CHECKPOINT_WRITE_FAILED
+        log.log(logging.ERROR if rank == 0 else logging.INFO, lf.CKPT_WRITE_FAILED.template, e)
+        return ExitCode.CHECKPOINT_WRITE_FAILED
     except TooManyShardErrors as e:
-        log.error("Stopping: %s", e)
-        return 3
-    log.info("Training finished: %d epochs in %.1fs", trainer.current_epoch, time.perf_counter() - t0,
-             extra=logs.CONSOLE)
-    return 0
+        log.error(lf.STOPPING.template, e)
+        return ExitCode.SHARD_ERRORS
+    log.info(lf.FINISHED_RUN.template, trainer.current_epoch, time.perf_counter() - t0, extra=logs.CONSOLE)
+    return ExitCode.OK

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from typing_extensions import override
 
+from .. import logformat as lf
 from ..checkpoint_io import raise_if_not_saved
 from ..logs import CONSOLE
 
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 class LoggedModelCheckpoint(ModelCheckpoint):
     @override
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        log.info("Saving checkpoint %s", filepath)  # written first, so a stuck save still names its file
+        log.info(lf.SAVING.template, filepath)  # written first, so a stuck save still names its file
         t0 = time.perf_counter()
         super()._save_checkpoint(trainer, filepath)
         raise_if_not_saved(trainer)
-        log.info("Saved checkpoint %s in %.2fs", filepath, time.perf_counter() - t0, extra=CONSOLE)
+        log.info(lf.SAVED.template, filepath, time.perf_counter() - t0, extra=CONSOLE)

@@ -25,8 +25,11 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from .. import logformat as lf
 from ..checkpoint_io import save_failure
+from ..exitcodes import stopped_by
 from ..logs import CONSOLE
+from ..rundir import LAST_CKPT
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class PreemptionCallback(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.ckpt_path:
-            log.info("Resuming from %s at epoch %d, step %d", trainer.ckpt_path, trainer.current_epoch,
+            log.info(lf.RESUMING.template, trainer.ckpt_path, trainer.current_epoch,
                      trainer.global_step, extra=CONSOLE)
         # Installed here, after Lightning registered its own handlers at the start of fit.
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -79,17 +82,15 @@ class PreemptionCallback(Callback):
             return
         self._saved = True
         name = self.signal.name if self.signal else "SIGTERM"
-        path = self.checkpoint_dir / "last.ckpt"
+        path = self.checkpoint_dir / LAST_CKPT
         trainer.save_checkpoint(path, weights_only=False)  # every rank takes part; rank 0 writes
         failed = save_failure(trainer)
         if failed:  # known on every rank (a broadcast); one ERROR line, from rank 0
-            log.log(logging.ERROR if trainer.is_global_zero else logging.INFO, "Received %s at epoch %d step %d; "
-                    "could not save %s (the previous one is kept)", name, trainer.current_epoch, trainer.global_step,
-                    failed)
+            log.log(logging.ERROR if trainer.is_global_zero else logging.INFO, lf.PREEMPT_NOT_SAVED.template, name,
+                    trainer.current_epoch, trainer.global_step, failed)
             return
-        log.info("Received %s at epoch %d step %d; saved %s", name, trainer.current_epoch, trainer.global_step,
-                 path, extra=CONSOLE)
+        log.info(lf.PREEMPT_SAVED.template, name, trainer.current_epoch, trainer.global_step, path, extra=CONSOLE)
 
     @property
     def exit_code(self) -> int:
-        return 128 + int(self.signal or signal.SIGTERM)
+        return stopped_by(self.signal or signal.SIGTERM)

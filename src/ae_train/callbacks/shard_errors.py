@@ -14,6 +14,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
+from .. import logformat as lf
 from ..data.shards import error_limit
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,11 @@ class ShardErrorLimit(Callback):
         self.last[dataset.name] = total
         limit = error_limit(self.max_shard_errors, len(dataset.urls))
         if total and trainer.is_global_zero:
-            log.warning("Epoch %d %s: %d of %d shards of %s could not be read (limit %d, data.max_shard_errors=%g)",
-                        trainer.current_epoch, what, total, len(dataset.urls), dataset.name, limit,
-                        self.max_shard_errors)
+            log.warning(lf.SHARD_ERRORS_EPOCH.template, trainer.current_epoch, what, total, len(dataset.urls),
+                        dataset.name, limit, self.max_shard_errors)
         if total > limit:
-            raise TooManyShardErrors(
-                f"{total} of {len(dataset.urls)} shards of {dataset.name} could not be read in epoch "
-                f"{trainer.current_epoch}, over the limit of {limit} (data.max_shard_errors={self.max_shard_errors:g}); "
-                f"see the ERROR lines naming each shard")
+            raise TooManyShardErrors(lf.SHARD_LIMIT % (total, len(dataset.urls), dataset.name, trainer.current_epoch,
+                                                       limit, self.max_shard_errors))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -28,7 +28,9 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
+from .. import logformat as lf
 from ..checkpoint_io import raise_if_not_saved
+from ..rundir import LAST_CKPT
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class StepCheckpoint(Callback):
     def __init__(self, dirpath: str | Path, every_n_steps: int, align: int = 1):
         if every_n_steps < 1 or align < 1:
             raise ValueError(f"every_n_steps and align must be >= 1, got {every_n_steps}, {align}")
-        self.path = Path(dirpath) / "last.ckpt"
+        self.path = Path(dirpath) / LAST_CKPT
         self.every_n_steps, self.align = every_n_steps, align
         self._due = -1  # global step of the latest multiple of every_n_steps not yet saved (-1: none)
         self._saving = False
@@ -63,8 +65,8 @@ class StepCheckpoint(Callback):
         finally:
             self._saving = False
         raise_if_not_saved(trainer)
-        log.info("Saved step checkpoint %s at epoch %d step %d (batch %d of the epoch) in %.2fs", self.path,
-                 trainer.current_epoch, trainer.global_step, batch_idx + 1, time.perf_counter() - t0)
+        log.info(lf.STEP_SAVED.template, self.path, trainer.current_epoch, trainer.global_step, batch_idx + 1,
+                 time.perf_counter() - t0)
 
     @override
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ import time
 from ae_train.diagnose.parse import DiagnoseError, find_runs, resolve_run, scan_run
 from ae_train.diagnose.report import as_json, format_text
 from ae_train.diagnose.rules import judge
+from ae_train.exitcodes import ExitCode
 
 __all__ = ["DiagnoseError", "diagnose_run", "find_runs", "format_report", "main", "resolve_run"]
 STALL_AFTER = 300.0  # seconds without progress called stuck by default: longer than any normal step or save
@@ -53,15 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # fail before the long scan
         print('ae-train diagnose: error: --plot needs matplotlib: pip install "ae-train[plot]"', file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     try:
         report = diagnose_run(args.logs_dir, args.run, stall_after=args.stall_after)
     except DiagnoseError as e:
         print(f"ae-train diagnose: error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     except OSError as e:
         print(f"ae-train diagnose: error: cannot read logs: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     try:
         print(json.dumps(report, indent=1) if args.json else format_report(report))
         sys.stdout.flush()
@@ -73,6 +74,6 @@ def main(argv: list[str] | None = None) -> int:
             plot_timeline(report, args.plot)
         except (PlotUnavailable, OSError) as e:
             print(f"ae-train diagnose: error: {e}", file=sys.stderr)
-            return 2
+            return ExitCode.BAD_INPUT
         print(f"timeline written to {args.plot}", file=sys.stderr if args.json else sys.stdout)
-    return 0
+    return ExitCode.OK

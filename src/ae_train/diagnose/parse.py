@@ -16,6 +16,7 @@ from collections import deque
 from pathlib import Path
 
 from ae_train import logformat as lf
+from ae_train.rundir import RunDir
 from ae_train.diagnose.records import (Checks, EpochEnd, Hang, Mark, Marker, Phase, ShardError, Stamped, StackDump,
                                        TrainLog, WorkerLoad, line_time, text, worker_of)
 
@@ -56,6 +57,7 @@ HANG_HEAD = lf.HANG.head
 HEADER_HEAD = lf.HEADER.head
 PROCESSING_HEAD = lf.PROCESSING.head
 RECEIVED_HEAD = lf.RECEIVED.head
+LAUNCHER_KEPT_HEADS = (lf.EXITED.head, lf.RANK_STOPPED.head, RECEIVED_HEAD)  # a rank's exit, a signal to the launcher
 RESOURCES_HEAD = lf.RESOURCES.head
 RESUMED_HEAD = lf.RESUMED.head
 SAVED_HEAD = lf.SAVED.head
@@ -338,7 +340,7 @@ def scan_train(path: Path) -> TrainLog:
 
 
 def _launcher_line(out: TrainLog, line: bytes, s: bytes) -> None:
-    if s.startswith((b"Rank ", RECEIVED_HEAD)) and len(out.launcher) < LAUNCHER_KEPT:
+    if s.startswith(LAUNCHER_KEPT_HEADS) and len(out.launcher) < LAUNCHER_KEPT:
         out.launcher.append(Stamped(line_time(line), text(s)))
     elif s.startswith(CHECKING_HEAD):  # the launcher's checks before any rank
         out.checks = Checks(start=line_time(line))
@@ -369,8 +371,8 @@ def resolve_run(logs_dir, run: str | None = None) -> tuple[Path, str, dict]:
     if not logs.is_dir():
         raise DiagnoseError(f"logs directory not found: {logs}")
     runs = find_runs(logs)
-    if not runs and (logs / "logs").is_dir():  # given the output dir instead of its logs/
-        logs, runs = logs / "logs", find_runs(logs / "logs")
+    if not runs and RunDir(logs).logs.is_dir():  # given the output dir instead of its logs/
+        logs, runs = RunDir(logs).logs, find_runs(RunDir(logs).logs)
     if not runs:
         raise DiagnoseError(f"no train_<ts>.log or debug_rank<N>_<ts>.log files in {logs}")
     if run is None:

@@ -1,0 +1,33 @@
+"""Exit codes of `ae-train` commands, of the launcher and of each rank: one table instead of literals.
+
+Standard library only, and a module of its own rather than a corner of rundir.py: `diagnose` and
+`collect` (login-node tools that must not import torch or yaml) return these codes too, and the
+codes are about how a process ended, not about where a run keeps its files.
+"""
+from __future__ import annotations
+
+import signal
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1  # something broke: a rank died, a shard could not be read by encode/evaluate/index
+    BAD_INPUT = 2  # one `ae-train: error:` line: a config key, a flag, a file the user named
+    SHARD_ERRORS = 3  # ranks stopped the run together: more unreadable shards than data.max_shard_errors
+    CHECKPOINT_WRITE_FAILED = 4  # ranks stopped the run together: a checkpoint could not be written
+
+
+# Ranks that stop the run on purpose, together, after saying why in an ERROR line: the launcher
+# waits for the others and exits with the same code.
+STOPPED_ON_PURPOSE = {ExitCode.SHARD_ERRORS: "too many unreadable shards",
+                      ExitCode.CHECKPOINT_WRITE_FAILED: "a checkpoint could not be written"}
+
+
+def stopped_by(signum: int) -> int:
+    """The shell's code for a process that stopped because of signal `signum` (143 for SIGTERM): a rank
+    that saved last.ckpt on SIGTERM/SIGINT, and the launcher that passed the signal on."""
+    return 128 + int(signum)
+
+
+PREEMPTED = {stopped_by(signal.SIGTERM), stopped_by(signal.SIGINT)}  # a rank that saved last.ckpt and stopped
