@@ -84,7 +84,9 @@ def _pct(values: list[float]) -> str:
 
 
 def _shards_text(rows: list[dict]) -> str:
-    slow = sorted((s["seconds"], s["url"], row["rank"]) for row in rows for s in row["shards_read"]["slowest"])[::-1][:3]
+    # By seconds only: equal (rounded) times keep each rank's own order, the finer one its list was made in.
+    slow = sorted(((s["seconds"], s["url"], row["rank"]) for row in rows for s in row["shards_read"]["slowest"]),
+                  key=lambda x: -x[0])[:3]
     if not slow:
         return ""
     many = len(rows) > 1
