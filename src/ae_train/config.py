@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from . import logformat as lf
+
 log = logging.getLogger(__name__)
 
 
@@ -368,7 +370,7 @@ def resume_path(cfg: Config, verify: bool = True, warn: bool = True) -> str | No
                               + "; move them away to start afresh, or pass --resume=<checkpoint>")
         if broken and warn:
             names = ", ".join(f"{p.name} {why}" for p, why in broken)
-            log.warning("resume=auto: %s; resuming from the newest good checkpoint %s instead", names, good)
+            log.warning(lf.RESUME_FALLBACK.template, names, good)
         return str(good) if good else None
     if cfg.resume:
         if not Path(cfg.resume).is_file():

@@ -179,7 +179,6 @@ EXITED = Message("Rank %d (pid %d) exited with %s; stopping the other ranks", (1
 RECEIVED = Message("Received %s; asking %d rank(s) to save last.ckpt and stop (a second signal kills them)",
                    ("SIGTERM", 2), re.compile(rb"Received (\S+?);"), doc_cut="and stop ")
 
-MESSAGES = {name: m for name, m in globals().items() if isinstance(m, Message)}
 
 
 def marker_start(what: str) -> str:
@@ -261,5 +260,22 @@ ENCODE_COMPLETED = Message("COMPLETED iteration, total samples: %d (shards %d, e
 ENCODED = Message("Encoded %d of %d shard(s) into %s", (4, 4, "/out/latents"),
                   re.compile(rb"Encoded (\d+) of (\d+) shard\(s\) into (.*)"))
 
-# The sections above this one were collected into MESSAGES where it is defined; these join them here.
-MESSAGES.update({name: m for name, m in globals().items() if isinstance(m, Message)})
+# Run lock, resume choice, a lost launcher, an uncaught exception (runlock.py, config.py, orphans.py, logs.py).
+RUNLOCK_TAKEN = Message("Took over the run lock of output_dir %s from launcher pid %s on host %s (started %s): that run "
+                        "is no longer running", ("/out", 81200, "h", "2026-11-29 14:30:25"),
+                        re.compile(rb"Took over the run lock of output_dir (.+) from launcher pid (\S+) on host (\S+)"))
+RESUME_FALLBACK = Message("resume=auto: %s; resuming from the newest good checkpoint %s instead",
+                          ("last.ckpt is truncated or corrupt (...)", "/out/checkpoints/best-epoch=002.ckpt"),
+                          re.compile(rb"resume=auto: (.*); resuming from the newest good checkpoint (.+) instead"))
+PARENT_GONE = Message("The process that started this rank (pid %d) is gone; stopping: last.ckpt is saved at the next "
+                      "step if this rank gets there within %.0f s, else it is killed with its DataLoader workers",
+                      (81200, 30), re.compile(rb"The process that started this rank \(pid (\d+)\) is gone"),
+                      doc_cut="stopping: ")
+PARENT_KILL = Message("Not stopped within %.0f s of losing pid %d (blocked, see the last lines above); killing this "
+                      "rank and %d process(es) below it", (30, 81200, 2),
+                      re.compile(rb"Not stopped within (\d+) s of losing pid (\d+)"))
+UNCAUGHT = Message("Uncaught exception%s: %s: %s", ("", "RuntimeError", "injected failure on rank 1"),
+                   re.compile(rb"Uncaught exception(?: in thread (.+?))?: (\w+): (.*)"))
+INTERRUPTED = Message("Interrupted (KeyboardInterrupt)", (), re.compile(rb"Interrupted \(KeyboardInterrupt\)"))
+
+MESSAGES = {name: m for name, m in globals().items() if isinstance(m, Message)}

@@ -258,8 +258,8 @@ def setup_launcher_logging(logs_dir: Path, ts: str, train_log: bool = True, hold
 
 def _log_uncaught(exc_type, exc, tb, thread: str | None = None) -> None:
     if issubclass(exc_type, KeyboardInterrupt):
-        logging.getLogger("ae_train").error("Interrupted (KeyboardInterrupt)")
+        logging.getLogger("ae_train").error(lf.INTERRUPTED.template)
         return
     where = f" in thread {thread}" if thread else ""
-    logging.getLogger("ae_train").error("Uncaught exception%s: %s: %s", where, exc_type.__name__, exc,
+    logging.getLogger("ae_train").error(lf.UNCAUGHT.template, where, exc_type.__name__, exc,
                                         exc_info=(exc_type, exc, tb))

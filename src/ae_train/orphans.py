@@ -19,6 +19,8 @@ import signal
 import threading
 import time
 
+from . import logformat as lf
+
 log = logging.getLogger(__name__)
 LAUNCHER_ENV = "AE_TRAIN_LAUNCHER"  # the launcher's pid, for the ranks it starts; absent under torchrun/srun
 
@@ -60,14 +62,11 @@ class ParentWatch:
     def _run(self) -> None:
         while os.getppid() == self.parent:
             time.sleep(self.poll_s)
-        _log_bounded(logging.ERROR, "The process that started this rank (pid %d) is gone; stopping: last.ckpt is "
-                     "saved at the next step if this rank gets there within %.0f s, else it is killed with its "
-                     "DataLoader workers", self.parent, self.grace_s)
+        _log_bounded(logging.ERROR, lf.PARENT_GONE.template, self.parent, self.grace_s)
         os.kill(os.getpid(), signal.SIGTERM)  # the preemption path: save at the next step, exit
         time.sleep(self.grace_s)
         workers = descendants(os.getpid())
-        _log_bounded(logging.ERROR, "Not stopped within %.0f s of losing pid %d (blocked, see the last lines above); "
-                     "killing this rank and %d process(es) below it", self.grace_s, self.parent, len(workers))
+        _log_bounded(logging.ERROR, lf.PARENT_KILL.template, self.grace_s, self.parent, len(workers))
         for pid in workers:
             try:
                 os.kill(pid, signal.SIGKILL)

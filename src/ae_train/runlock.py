@@ -17,6 +17,7 @@ import socket
 import time
 from pathlib import Path
 
+from . import logformat as lf
 from .config import ConfigError
 from .rundir import RunDir
 
@@ -50,8 +51,7 @@ def acquire(output_dir: str | Path) -> int:
             f"host {previous.get('host', '?')}, started {previous.get('started', '?')}; wait for it, stop it, or "
             "choose another --output_dir") from None
     if previous:
-        log.warning("Took over the run lock of output_dir %s from launcher pid %s on host %s (started %s): that run "
-                    "is no longer running", output_dir, previous.get("pid", "?"), previous.get("host", "?"),
+        log.warning(lf.RUNLOCK_TAKEN.template, output_dir, previous.get("pid", "?"), previous.get("host", "?"),
                     previous.get("started", "?"))
     me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
