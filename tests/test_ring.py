@@ -228,6 +228,7 @@ def test_ring_workers_exit_and_nothing_is_left_in_dev_shm_when_the_rank_dies(num
 def test_ring_workers_serve_every_epoch_and_a_cut_short_one(numbered):
     """The workers are forked once and serve each epoch the rank starts: every epoch's batches are the
     DataLoader hand-over's for that epoch, also after an epoch left after 3 batches; close() stops them."""
+
     def loader(ring_slots, epoch):
         ds = ShardBatches(numbered, SIZES, "train_shards", "x.npy", DIM, 8, 2, 0, 1, 7, True, 0)
         return EpochDataLoader(ds, lambda: (epoch[0], 0), ring_slots=ring_slots, batch_size=None, num_workers=2,
