@@ -26,7 +26,7 @@ from ae_train.data.decode import SampleSpec
 from ae_train.data.make import _png, write_image_shards, write_shards
 from ae_train.data.reader import ShardBatches
 from ae_train.diagnose.parse import WAITS
-from conftest import ROOT, alive, wait_for
+from conftest import ROOT, alive, wait_for, wait_gone
 
 logs._state.setdefault("rank_tag", "test")  # workers stamp their log records with it
 DIM = 16
@@ -142,7 +142,7 @@ def test_ring_worker_error_reaches_the_rank_with_the_shard_named(numbered):
 def test_ring_a_killed_worker_stops_the_rank_with_the_dataloaders_error(numbered):
     it = iter(_loader(numbered, SIZES, None))
     next(it)
-    os.kill(it._inner._workers[1].pid, signal.SIGKILL)
+    os.kill(it.inner._workers[1].pid, signal.SIGKILL)
     with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid(\(s\))? \d+\) (is killed by signal|exited unexpectedly)"):
         for _ in it:
             pass
@@ -190,7 +190,7 @@ from test_ring import _loader
 urls = {urls!r}
 it = iter(_loader(urls, {sizes!r}, None))
 held = [next(it), next(it)]  # the workers fill their other slots, then wait for free ones
-print("workers", *[w.pid for w in it._inner._workers], flush=True)
+print("workers", *[w.pid for w in it.inner._workers], flush=True)
 time.sleep(120)
 """
 
@@ -223,3 +223,32 @@ def test_ring_workers_exit_and_nothing_is_left_in_dev_shm_when_the_rank_dies(num
     leaked = {n for n in _shm() - before if n.startswith(("torch_", "sem.mp", "psm_", "ae_"))}
     assert not leaked, f"left in /dev/shm: {leaked}"
 
+
+
+def test_ring_workers_serve_every_epoch_and_a_cut_short_one(numbered):
+    """The workers are forked once and serve each epoch the rank starts: every epoch's batches are the
+    DataLoader hand-over's for that epoch, also after an epoch left after 3 batches; close() stops them."""
+
+    def loader(ring_slots, epoch):
+        ds = ShardBatches(numbered, SIZES, "train_shards", "x.npy", DIM, 8, 2, 0, 1, 7, True, 0)
+        return EpochDataLoader(ds, lambda: (epoch[0], 0), ring_slots=ring_slots, batch_size=None, num_workers=2,
+                               multiprocessing_context="fork")
+
+    plain_epoch, ring_epoch = [0], [0]
+    plain, ring = loader(0, plain_epoch), loader(None, ring_epoch)
+    pids, wants = set(), {}
+    for epoch, cut in [(0, None), (1, 3), (2, None), (3, None)]:
+        plain_epoch[0] = ring_epoch[0] = epoch
+        want = wants[epoch] = [_keys(b) for b in plain]
+        it = iter(ring)
+        got = []
+        for b in it:
+            got.append(_keys(b))
+            if len(got) == cut:
+                break
+        pids |= {w.pid for w in it.inner._workers}
+        assert got == (want[:cut] if cut else want), epoch
+    assert len(pids) == 2, pids  # the same two workers in every epoch
+    assert wants[0] != wants[2]  # each epoch its own plan: the workers were told which epoch to serve
+    ring.close()
+    assert wait_gone(sorted(pids), 30) == []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 
 import pytorch_lightning as pl
 import torch
@@ -45,6 +46,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.train_set: ShardBatches | None = None
         self.val_set: ShardBatches | None = None
         self._reported = False
+        self._loaders: dict[str, EpochDataLoader] = {}
 
     def setup(self, stage: str) -> None:
         if self._reported:
@@ -61,8 +63,16 @@ class ShardDataModule(pl.LightningDataModule):
         return batches_per_rank(sum(self.facts.splits["train_shards"].counts), world, self.cfg.batch_size)
 
     def _loader(self, name: str, shuffle: bool, state_fn) -> "EpochDataLoader":
-        return make_loader(self.cfg, self.facts.splits[name], name, state_fn, self.trainer.global_rank,
-                           self.trainer.world_size, self.seed, shuffle, self.trainer.current_epoch)
+        old = self._loaders.pop(name, None)
+        if old is not None:  # made again (reload_dataloaders_every_n_epochs): the old one's workers go
+            old.close()
+        self._loaders[name] = make_loader(self.cfg, self.facts.splits[name], name, state_fn, self.trainer.global_rank,
+                                          self.trainer.world_size, self.seed, shuffle, self.trainer.current_epoch)
+        return self._loaders[name]
+
+    def teardown(self, stage: str) -> None:
+        for loader in self._loaders.values():  # the ring's workers stay between epochs: stopped here
+            loader.close()
 
     def _epoch_state(self) -> tuple[int, int]:
         """(epoch about to run, its batches already trained: non-zero only right after a mid-epoch resume)."""
@@ -100,8 +110,9 @@ class EpochDataLoader(DataLoader):
     With forked workers, batches cross through a ring of reused shared slots (ring.py): `ring_slots`
     per worker (None: prefetch_factor + 3, the batches a worker may have queued, the two Lightning's
     prefetching fetcher holds, and the one being filled; 0: the DataLoader's own hand-over). The ring
-    is made once, before the first fork, and serves every epoch; `pin_memory` then pins the ring once
-    instead of copying each batch into pinned memory.
+    is made once, before the first fork, and serves every epoch, and so do its workers (forked at the
+    first epoch, stopped by `close()` or when the loader is collected); `pin_memory` then pins the
+    ring once instead of copying each batch into pinned memory.
     """
 
     def __init__(self, dataset: ShardBatches, state_fn, ring_slots: int | None = None, **kwargs):
@@ -117,6 +128,7 @@ class EpochDataLoader(DataLoader):
         super().__init__(dataset, **kwargs)
         self._state_fn = state_fn
         self.ring: SlotRing | None = None
+        self._workers = None  # the DataLoader iterator whose workers serve the ring's rounds
 
     def __iter__(self):
         epoch, done = self._state_fn()
@@ -132,4 +144,17 @@ class EpochDataLoader(DataLoader):
             log.debug(lf.RING_MADE.template, self.dataset.name,
                       self.num_workers, self._ring_slots, self.ring.slot_bytes, self.ring.nbytes / 2**20,
                       ", pinned" if self.ring.pinned else "")
-        return self.ring.iterate(super().__iter__, start=done)
+        fresh = self._workers is None or getattr(self._workers, "_shutdown", True)
+        workers = super().__iter__ if fresh else (lambda: self._workers)
+        it = self.ring.iterate(workers, epoch=epoch, start=done, fresh=fresh)
+        if fresh:
+            self._workers = it.inner
+            weakref.finalize(self, self.ring.stop_workers, it.inner)  # when the loader goes, so do they
+        it.loader = self  # not before its last round is read
+        return it
+
+    def close(self) -> None:
+        """Stop the workers that serve the ring (idle between epochs)."""
+        if self.ring is not None and self._workers is not None:
+            self.ring.stop_workers(self._workers)
+            self._workers = None

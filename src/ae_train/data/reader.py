@@ -133,6 +133,13 @@ class ShardBatches(IterableDataset):
         with self.errors.get_lock():
             self.errors.value = 0
 
+    def _plan_for(self, epoch: int) -> None:
+        """In a worker that serves several epochs: the plan of `epoch` (the rank announced it)."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.plan = make_plan(self.counts, self.world, self.num_workers, self.batch_size, self.seed, epoch,
+                                  self.shuffle)
+
     def __len__(self) -> int:
         return self.plan.batches_per_rank
 
@@ -143,12 +150,15 @@ class ShardBatches(IterableDataset):
             logs.set_worker(worker, num)
             log.info(lf.WORKER_STARTED.template, os.getpid())
         if self.ring is not None and info is not None:
-            # The whole epoch in this first fetch: batches go into ring slots, the rank takes them there.
-            # After a resume the ring reads worker skip_batches % K first, so worker w keeps its own plan.
-            skip = len(range(worker, self.skip_batches, num))
-            self._log_skip(skip)
-            self._writer = self.ring.writer(worker)
-            self._writer.feed(self._kept(self._timed(self._worker_batches(worker)), skip))
+            # Every epoch in this first fetch: this worker serves each round the rank starts, its batches
+            # going into ring slots. After a resume the ring reads worker skip % K first, so worker w
+            # keeps its own plan.
+            for epoch, skip_batches in self.ring.rounds(worker):
+                self._plan_for(epoch)
+                skip = len(range(worker, skip_batches, num))
+                self._log_skip(skip)
+                self._writer = self.ring.writer(worker)
+                self._writer.feed(self._kept(self._timed(self._worker_batches(worker)), skip))
             return
         # The DataLoader takes batch i of an iterator from worker i % K, and epoch batch j came from plan
         # worker j % K. A resumed iterator starts at epoch batch `skip_batches`, so its worker w serves

@@ -6,9 +6,13 @@ rank makes, before the workers fork, one anonymous shared mapping (MAP_SHARED: n
 nothing can leak there) with `slots` batch-sized slots per worker, and two semaphores per worker:
 `ready` (batches published, not yet taken by the rank) and `free` (slots the worker may fill).
 
-A worker runs its whole epoch inside the DataLoader's first fetch: it takes a free slot, gathers or
-decodes the batch straight into it, writes the slot's number into its table and posts `ready`; at the
-end it posts an end mark (or a failure mark before its exception propagates). The DataLoader still
+A worker runs every epoch inside the DataLoader's first fetch, forked once per run (not once per
+epoch: no fork, first read and exit at each epoch's start): it waits for the rank to start a round
+(`go`, with the epoch and the batches to skip in the mapping), takes a free slot, gathers or decodes
+each batch straight into it, writes the slot's number into its table and posts `ready`; at the end of
+the epoch it posts an end mark (or a failure mark before its exception propagates) and waits for the
+next round. A round the rank leaves early (a cut-short epoch) is abandoned: the workers see `abort`
+at their next slot, stop and report idle before the rank resets the ring for the next one. The DataLoader still
 does the control: worker processes, worker_init_fn, worker start/stop, the exception with the
 worker's traceback (the rank drains the DataLoader's iterator once a worker reports failure), dead
 workers (its SIGCHLD handler and the same is_alive check on each wait), clean shutdown. The rank
@@ -29,7 +33,9 @@ so that the rank never blocks on the device.
 
 Control words (int64, in the mapping): released[w, s] = the last hand-out of slot s the rank is done
 with (the worker counts its own, a slot is free when both agree; -1: still used from an earlier
-epoch), table[w, k] = the slot of the worker's k-th batch (mod slots + 1; -1 end, -2 failed), closed.
+epoch), table[w, k] = the slot of the worker's k-th batch (mod slots + 1; -1 end, -2 failed), closed
+(the workers leave), abort (the round is abandoned), the round (number, epoch, batches to skip),
+done[w] = the last round worker w finished.
 The semaphores order the writes (post releases, wait acquires), on any CPU.
 """
 from __future__ import annotations
@@ -76,12 +82,16 @@ class SlotRing:
         self.count = int(np.prod(self.shape))
         self.slot_bytes = self.count * self.dtype.itemsize
         n, self._period = workers * slots, slots + 1
-        words = n + workers * self._period + 1
+        table_end = n + workers * self._period
+        words = table_end + 5 + workers
         self._stride, self._data_at = _round_up(self.slot_bytes), _round_up(words * 8)
         self.nbytes = self._data_at + n * self._stride
         self._mm = mmap.mmap(-1, self.nbytes)  # anonymous, MAP_SHARED: forked workers write the same pages
         ctrl = np.frombuffer(self._mm, np.int64, words)
-        self._released, self._table, self._closed = ctrl[:n], ctrl[n:-1].reshape(workers, self._period), ctrl[-1:]
+        self._released, self._table = ctrl[:n], ctrl[n:table_end].reshape(workers, self._period)
+        self._closed, self._abort = ctrl[table_end:table_end + 1], ctrl[table_end + 1:table_end + 2]
+        self._round = ctrl[table_end + 2:table_end + 5]  # number, epoch, batches of the epoch to skip
+        self._done = ctrl[table_end + 5:]  # per worker: the last round it finished
         self._views = [memoryview(self._mm)[self._offset(i):self._offset(i) + self.slot_bytes] for i in range(n)]
         self._baseline = sys.getrefcount(self._views[0])  # the list's reference + getrefcount's argument
         self._given = [0] * n  # hand-outs of each slot in this epoch (the worker counts the same)
@@ -90,7 +100,9 @@ class SlotRing:
         self.copies = 0  # batches handed out as copies (the rank kept too many views of one worker)
         self._ready: list = []
         self._free: list = []
-        self._active = None  # weakref to the RingIterator whose workers write now
+        self._go: list = []
+        self._open = False  # a round was started and not every worker's end mark taken yet
+        self._active = None  # weakref to the RingIterator of the round now
         self._releaser: _Releaser | None = None
         self.pinned = bool(pin and torch.cuda.is_available() and _register(self._address(), self.nbytes))
 
@@ -108,34 +120,82 @@ class SlotRing:
         """In a worker: its side of the ring."""
         return SlotWriter(self, worker)
 
-    def iterate(self, make_iter, start: int = 0) -> "RingIterator":
-        """In the rank: start an epoch; `make_iter()` is the DataLoader's own iterator (it forks).
-        `start`: batches of the epoch already trained (a resume; each worker skipped its share), so
-        the first batch comes from worker start % workers, as in the uninterrupted epoch."""
-        return RingIterator(self, make_iter, start)
+    def iterate(self, inner, epoch: int = 0, start: int = 0, fresh: bool = True) -> "RingIterator":
+        """In the rank: start a round (an epoch). `inner`: a function giving the DataLoader's own
+        iterator, which forks the workers when `fresh`; else the workers of an earlier round, idle.
+        `start`: batches of the epoch already trained (a resume; each worker skips its share), so the
+        first batch comes from worker start % workers, as in the uninterrupted epoch."""
+        return RingIterator(self, inner, epoch, start, fresh)
+
+    def rounds(self, worker: int):
+        """In a worker: (epoch, batches to skip) of each round the rank starts, until it closes the ring."""
+        parent, go = os.getppid(), self._go[worker]
+        while True:
+            while not go.acquire(timeout=POLL_S):
+                if self._closed[0]:
+                    return
+                if os.getppid() != parent:
+                    raise SystemExit(0)  # the rank died
+            if self._closed[0]:
+                return
+            number = int(self._round[0])
+            yield int(self._round[1]), int(self._round[2])
+            self._done[worker] = number  # idle: the rank may reset the ring for the next round
+
+    def stop_workers(self, inner) -> None:
+        """The workers leave their rounds (they are idle, or abandon the one under way), then the
+        DataLoader stops them as it stops any workers."""
+        self._closed[0] = 1
+        self._open = False
+        shutdown = getattr(inner, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
     # ---- the rank's side ----
-    def _begin(self, it: "RingIterator") -> None:
-        """Before the workers fork: all slots free but those whose views are still alive."""
-        old = self._active() if self._active else None
-        if old is not None:
-            old.close()  # one set of workers writes at a time
+    def _begin(self, it: "RingIterator", epoch: int, skip: int, fresh: bool) -> None:
+        """Before a round: the workers idle (forked next when fresh), all slots free but those whose
+        views are still alive, the round's epoch and skip in the mapping."""
+        if self._open and not fresh:
+            self._abandon(it)
         if self._releaser is not None:
             self._releaser.drain()  # no late release of an old hand-out into the new epoch
         self._reclaim()
         self._released[:] = 0
         self._table[:] = 0
-        self._closed[0] = 0
         self._given = [0] * len(self._given)
         busy = [0] * self.workers
         self._held = [(flat, 0) for flat, _ in self._held]
         for flat, _ in self._held:  # still used by the rank: not free for the new workers until dropped
             self._released[flat] = -1
             busy[flat // self.slots] += 1
-        ctx = multiprocessing.get_context("fork")
-        self._ready = [ctx.Semaphore(0) for _ in range(self.workers)]
-        self._free = [ctx.Semaphore(self.slots - busy[w]) for w in range(self.workers)]
+        if fresh:  # made before the fork: the workers share these
+            ctx = multiprocessing.get_context("fork")
+            self._ready = [ctx.Semaphore(0) for _ in range(self.workers)]
+            self._free = [ctx.Semaphore(self.slots - busy[w]) for w in range(self.workers)]
+            self._go = [ctx.Semaphore(0) for _ in range(self.workers)]
+            self._round[0], self._done[:] = 0, 0
+        else:  # the same workers, idle: the counts of the new round
+            for w in range(self.workers):
+                _drain(self._ready[w])
+                _drain(self._free[w])
+                for _ in range(self.slots - busy[w]):
+                    self._free[w].release()
+        self._closed[0] = self._abort[0] = 0
+        self._round[0] += 1
+        self._round[1], self._round[2] = epoch, skip
+        self._open = True
         self._active = weakref.ref(it)
+        for go in self._go:
+            go.release()
+
+    def _abandon(self, it: "RingIterator") -> None:
+        """The round under way is left early: its workers stop at their next slot and go idle."""
+        self._abort[0] = 1
+        number = int(self._round[0])
+        while any(int(d) != number for d in self._done):
+            time.sleep(POLL_S / 10)
+            it._check_alive()
+        self._open = False
 
     def _release(self, flat: int, given: int) -> None:
         self._released[flat] = given
@@ -171,10 +231,8 @@ class SlotRing:
         return torch.frombuffer(self._views[flat], dtype=self.torch_dtype).view(self.shape)
 
     def close(self) -> None:
-        """Stop the workers and the releaser, unpin; the memory stays until its last view is gone."""
-        old = self._active() if self._active else None
-        if old is not None:
-            old.close()
+        """Stop the releaser, unpin; the memory stays until its last view is gone."""
+        self._closed[0] = 1
         if self._releaser is not None:
             self._releaser.stop()
             self._releaser = None
@@ -205,16 +263,16 @@ class SlotWriter:
 
     def take(self) -> np.ndarray:
         """A free slot (B, *shape) to fill; waits while the rank still uses all of them."""
-        if self.ring._closed[0]:
-            raise RingClosed("the rank closed the batch ring")
+        if self.ring._closed[0] or self.ring._abort[0]:
+            raise RingClosed("the rank closed the batch ring or left the round")
         if self._spare:
             s = self._spare.pop()
         else:
             if not self._free.acquire(False):
                 t0 = time.perf_counter()
                 while not self._free.acquire(timeout=POLL_S):
-                    if self.ring._closed[0]:
-                        raise RingClosed("the rank closed the batch ring")
+                    if self.ring._closed[0] or self.ring._abort[0]:
+                        raise RingClosed("the rank closed the batch ring or left the round")
                     if os.getppid() != self._parent:
                         raise SystemExit(0)  # the rank died: nobody will free a slot
                 self.waited += time.perf_counter() - t0
@@ -254,7 +312,7 @@ class SlotWriter:
             for batch in batches:
                 self.publish(batch)
         except RingClosed:
-            return  # the rank stopped: end quietly
+            return  # the rank stopped or left the round: end it quietly
         except BaseException:
             self._mark(FAILED)
             raise
@@ -264,12 +322,16 @@ class SlotWriter:
 
 
 class RingIterator:
-    """The rank's iterator: batches from the workers' slots as tensor views, in the DataLoader's order."""
+    """The rank's iterator over one round: batches from the workers' slots as tensor views, in the
+    DataLoader's order. `inner` (the DataLoader's own iterator, whose workers serve every round) is
+    kept by the caller for the next round."""
 
-    def __init__(self, ring: SlotRing, make_iter, start: int = 0):
+    def __init__(self, ring: SlotRing, inner, epoch: int, start: int, fresh: bool):
         self._ring = ring
-        ring._begin(self)
-        self._inner = make_iter()  # forks the workers; each starts its epoch on its first fetch
+        self.inner = None if fresh else inner()  # the workers of the earlier rounds, idle
+        ring._begin(self, epoch, start, fresh)
+        if fresh:
+            self.inner = inner()  # forks the workers; each waits for its rounds in its first fetch
         self._left = list(range(ring.workers))  # workers with batches left, in turn order
         self._turn = start % ring.workers
         self._taken = [0] * ring.workers
@@ -281,7 +343,7 @@ class RingIterator:
         ring = self._ring
         if ring._held:
             ring._reclaim()
-        while self._left and self._inner is not None:
+        while self._left:
             worker = self._left[self._turn]
             value = self._next_data(worker)
             if value >= 0:
@@ -305,42 +367,25 @@ class RingIterator:
         return int(self._ring._table[worker, k % self._ring._period])
 
     def _check_alive(self) -> None:
-        dead = [w for w in getattr(self._inner, "_workers", ()) if not w.is_alive()]
+        dead = [w for w in getattr(self.inner, "_workers", ()) if not w.is_alive()]
         if dead:  # the DataLoader's own words (its SIGCHLD handler usually raises first)
             raise RuntimeError(f"DataLoader worker (pid(s) {', '.join(str(w.pid) for w in dead)}) exited unexpectedly")
 
     def _raise_failure(self) -> None:
         """A worker failed: stop the others, then let the DataLoader raise the worker's exception."""
         self._ring._closed[0] = 1
-        for _ in self._inner:  # the other workers end quietly; the failed one's exception is raised here
+        self._ring._open = False
+        for _ in self.inner:  # the other workers end quietly; the failed one's exception is raised here
             pass
         raise RuntimeError("a DataLoader worker failed without an exception")
 
     def _finish(self):
-        """All workers ended: the DataLoader's iterator ends too (and stops its workers)."""
-        if self._inner is not None:
-            for item in self._inner:
-                raise RuntimeError(f"a ring worker yielded {type(item).__name__} instead of filling slots")
-            self._inner = None
+        """Every worker ended the round: they wait for the next one."""
+        if self._ring._open and self._ring._active and self._ring._active() is self:
+            self._ring._open = False
             if self._ring.copies:
                 log.debug(lf.RING_COPIES.template, self._ring.copies, self._ring.slots - 2)
         raise StopIteration
-
-    def close(self) -> None:
-        """Stop this iterator's workers (also those waiting for a free slot)."""
-        inner, self._inner = self._inner, None
-        if inner is None:
-            return
-        self._ring._closed[0] = 1
-        shutdown = getattr(inner, "_shutdown_workers", None)  # the DataLoader's own clean shutdown
-        if shutdown is not None:
-            shutdown()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class _Releaser:
@@ -375,6 +420,11 @@ class _Releaser:
             event, flat, given = item
             event.synchronize()  # releases the GIL
             self._ring._release(flat, given)
+
+
+def _drain(sem) -> None:
+    while sem.acquire(False):
+        pass
 
 
 def _register(address: int, nbytes: int) -> bool:
