@@ -10,12 +10,14 @@ directory (or DIR, reused if it already holds them), then measures, `--rounds` t
 - webdataset: `wds.WebDataset(urls, shardshuffle=False).decode().to_tuple("x.npy")` + DataLoader
   collate with batch_size, in one process and with `--workers` workers;
 - ours: the training path (ShardBatches + the DataModule's DataLoader, shuffling as in training),
-  in one process and with `--workers` workers (started anew each epoch, as in training), the
-  workers handing batches over through the batch ring (data/ring.py, the default) and through the
-  DataLoader's own per-batch shared-memory segments (`ring_slots=0`, the path before issue 13);
+  in one process and with `--workers` workers (one epoch of a fresh loader: the workers' start
+  included), the workers handing batches over through the batch ring (data/ring.py, the default)
+  and through the DataLoader's own per-batch shared-memory segments (`ring_slots=0`, the path
+  before issue 13);
 - ours with workers, after worker start: the same runs of the ring path, counted from the first
-  batch to the last: without the workers' start (fork, first shard read) and shutdown, which every
-  epoch pays as the workers start anew (an epoch here is only 80,000 samples);
+  batch to the last: without the workers' start (fork, first shard read) and shutdown;
+- ours with workers, epochs 2-4 of a run: four epochs through one loader, as training reads them
+  (the ring's workers are forked once and serve every epoch), timed from the second epoch's start;
 - hand-over alone: `--workers` workers yielding ready-made batches of the same shape, so the cost of
   moving batches between processes, with no data work at all: the ceiling of any loader with that
   many workers on this machine, through the DataLoader's segments and through the ring (each batch
@@ -107,6 +109,27 @@ def ours(urls: list[str], counts: list[int], dim: int, batch: int, workers: int,
     return n, last - t0
 
 
+def ours_epochs(urls: list[str], counts: list[int], dim: int, batch: int, workers: int, first: int,
+                epochs: int = 4) -> tuple[int, float]:
+    """`epochs` epochs through one loader, as training reads them (the workers serve every epoch),
+    timed from the second epoch's start: what each epoch of a run costs after the workers' start."""
+    epoch = [first]
+    ds = ShardBatches(urls, counts, "train_shards", "x.npy", dim, batch, workers, 0, 1, 0, True, first)
+    loader = EpochDataLoader(ds, lambda: (epoch[0], 0), batch_size=None, num_workers=workers,
+                             pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                             multiprocessing_context="fork")
+    n, t0 = 0, None
+    for e in range(epochs):
+        epoch[0] = first + e
+        if e == 1:
+            t0, n = time.perf_counter(), 0
+        for x in loader:
+            n += len(x)
+    dt = time.perf_counter() - t0
+    loader.close()
+    return n, dt
+
+
 STEADY: list[float] = []  # the last `ours` run's rate from its first batch to its last (no worker start)
 
 
@@ -187,6 +210,7 @@ def main() -> int:
         "ours, one process": lambda r: ours(urls, counts, a.dim, a.batch, 0, r),
         f"ours, {a.workers} workers": lambda r: ours(urls, counts, a.dim, a.batch, a.workers, r),
         f"ours, {a.workers} workers, after worker start": lambda r: (STEADY[-1], 1.0),
+        f"ours, {a.workers} workers, epochs 2-4 of a run": lambda r: ours_epochs(urls, counts, a.dim, a.batch, a.workers, 4 * r),
         f"ours, {a.workers} workers, DataLoader hand-over": lambda r: ours(urls, counts, a.dim, a.batch, a.workers, r, 0),
         f"hand-over alone, {a.workers} workers, ring": lambda r: ring_hand_over(total, a.dim, a.batch, a.workers),
         f"hand-over alone, {a.workers} workers, DataLoader": lambda r: hand_over(total, a.dim, a.batch, a.workers),
@@ -213,6 +237,9 @@ def main() -> int:
     print(f"  ours {a.workers} workers / raw file read                {ok / raw:8.2f}    target >= 0.25: {'met' if ok / raw >= 1 / 4 else 'NOT met'}")
     od = med[f"ours, {a.workers} workers, DataLoader hand-over"]
     print(f"  ours {a.workers} workers: ring / DataLoader hand-over   {ok / od:8.2f}x")
+    ep = med[f"ours, {a.workers} workers, epochs 2-4 of a run"]
+    print(f"  ours {a.workers} workers, epochs 2-4 of a run / raw read {ep / raw:7.2f}    target >= 0.25: "
+          f"{'met' if ep / raw >= 1 / 4 else 'NOT met'} (webdataset {a.workers} workers: {ep / wk:.1f}x)")
     st = med[f"ours, {a.workers} workers, after worker start"]
     print(f"  ours {a.workers} workers after worker start / raw read  {st / raw:8.2f}    (webdataset {a.workers} workers: {st / wk:.1f}x)")
     hr, ho = med[f"hand-over alone, {a.workers} workers, ring"], med[f"hand-over alone, {a.workers} workers, DataLoader"]
