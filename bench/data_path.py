@@ -157,8 +157,9 @@ class RingReadyBatches(ReadyBatches):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         x = np.zeros((self.batch, self.dim), np.float32)
-        self.ring.writer(info.id).feed(x for _ in range(info.id, self.batches, info.num_workers))
-        yield from ()  # the whole epoch ran in the first fetch, into the ring
+        for _ in self.ring.rounds(info.id):  # as the reader serves rounds
+            self.ring.writer(info.id).feed(x for _ in range(info.id, self.batches, info.num_workers))
+        yield from ()  # every round ran in the first fetch, into the ring
 
 
 def ring_hand_over(total: int, dim: int, batch: int, workers: int) -> tuple[int, float]:
@@ -166,9 +167,12 @@ def ring_hand_over(total: int, dim: int, batch: int, workers: int) -> tuple[int,
     loader = DataLoader(RingReadyBatches(total // batch, batch, dim, ring), batch_size=None, num_workers=workers,
                         multiprocessing_context="fork")
     t0, n = time.perf_counter(), 0
-    for x in ring.iterate(loader.__iter__):
+    it = ring.iterate(loader.__iter__)
+    for x in it:
         n += len(x)
-    return n, time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    ring.stop_workers(it.inner)
+    return n, dt
 
 
 def hand_over(total: int, dim: int, batch: int, workers: int) -> tuple[int, float]:
