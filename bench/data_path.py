@@ -105,8 +105,9 @@ def ours(urls: list[str], counts: list[int], dim: int, batch: int, workers: int,
         if first is None:
             first, n0 = time.perf_counter(), n
     last = time.perf_counter()
+    loader.close()  # the ring's workers stop (the DataLoader's own stopped at the end of the epoch)
     STEADY.append((n - n0) / (last - first) if workers and last > first else 0.0)
-    return n, last - t0
+    return n, time.perf_counter() - t0
 
 
 def ours_epochs(urls: list[str], counts: list[int], dim: int, batch: int, workers: int, first: int,
@@ -170,9 +171,8 @@ def ring_hand_over(total: int, dim: int, batch: int, workers: int) -> tuple[int,
     it = ring.iterate(loader.__iter__)
     for x in it:
         n += len(x)
-    dt = time.perf_counter() - t0
-    ring.stop_workers(it.inner)
-    return n, dt
+    ring.stop_workers(it.inner)  # as the DataLoader's own run below stops its workers at its end
+    return n, time.perf_counter() - t0
 
 
 def hand_over(total: int, dim: int, batch: int, workers: int) -> tuple[int, float]:

@@ -14,6 +14,7 @@ from ae_train.orphans import descendants
 from conftest import DIM, ROOT, TESTS, fit, make_shards, pids_in, start, wait_for, wait_gone
 
 GONE_WITHIN_S = 60  # the issue's bound, with the default checkpoint.parent_death_grace_s (30 s)
+GRACE_S = 5  # a rank that sleeps through the stop is killed after this (shorter than the default: a faster test)
 
 
 def _all_logs(out: Path) -> str:
@@ -22,12 +23,13 @@ def _all_logs(out: Path) -> str:
 
 def _blocked_run_flags(d: Path) -> list[str]:
     return [f"--data.train_shards={d}", "--data.val_shards=", "--data.batch_size=8", "--data.num_workers=2",
-            "--trainer.max_epochs=2", "--log.hang_timeout_s=2", "--trainer.callbacks=ddp_helpers.BlockRank0InStep"]
+            "--trainer.max_epochs=2", "--log.hang_timeout_s=2", "--trainer.callbacks=ddp_helpers.BlockRank0InStep",
+            f"--checkpoint.parent_death_grace_s={GRACE_S}"]
 
 
 def _wait_blocked(out: Path) -> list[int]:
-    """Rank 0 asleep inside a step, rank 1 stuck in the next step's first collective (Lightning's
-    broadcast of the stop flag): its watchdog's stack dump shows it."""
+    """Rank 0 asleep inside a step, rank 1 stuck in the next step's first collective (the all-reduce of
+    the stop flags): its watchdog's stack dump shows it."""
     logs = out / "logs"
     wait_for(logs / "debug_rank0_*.log", r"test: rank 0 blocks in a sleep", 120)
     wait_for(logs / "debug_rank1_*.log", r"HANG SUSPECTED[^\n]*\n[^\n]*Stack dump of rank 1[^\n]*\n[^\n]*MainThread[^\n]*\n"
@@ -53,7 +55,7 @@ def test_orphans_launcher_sigkilled_with_a_rank_blocked_and_one_in_a_collective(
         assert f"The process that started this rank (pid {proc.pid}) is gone; stopping" in text
     # Rank 0 sleeps through the SIGTERM; rank 1 may also leave on its own once its peer is gone.
     text = next((out / "logs").glob("debug_rank0_*.log")).read_text()
-    assert re.search(rf"Not stopped within 30 s of losing pid {proc.pid} .*; killing this rank and 2 process\(es\) "
+    assert re.search(rf"Not stopped within {GRACE_S} s of losing pid {proc.pid} .*; killing this rank and 2 process\(es\) "
                      "below it", text)
 
 

@@ -166,7 +166,7 @@ def main(argv: list[str]) -> int:
     step_ms = 1000 * cfg.data.batch_size / used["rate"] if used["rate"] else float("inf")
     who = "one process delivers" if used["workers"] == 0 else f"{used['workers']} workers (data.num_workers) deliver"
     note = ""
-    if len(runs) > 1 and runs[0]["rate"] > used["rate"]:
+    if len(runs) > 1 and runs[0]["rate"] > 1.1 * used["rate"]:
         # Without workers the rank loads in the training step's own thread (load + step per batch);
         # workers load while the step runs (the slower of the two per batch).
         extra = 1000 * cfg.data.batch_size * (1 / used["rate"] - 1 / runs[0]["rate"])

@@ -147,6 +147,8 @@ class SlotRing:
         DataLoader stops them as it stops any workers."""
         self._closed[0] = 1
         self._open = False
+        for go in self._go:  # idle workers wake now, not at their next poll
+            go.release()
         shutdown = getattr(inner, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
