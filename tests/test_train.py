@@ -73,6 +73,18 @@ def test_fit_workers_log_into_their_rank_file(debug_run):
     assert "Worker" not in debug_run.text("train_*.log")
 
 
+def test_fit_ring_workers_serve_every_epoch(debug_run):
+    """A real 2-rank run of 2 epochs with validation: each rank starts 2 training and 2 validation workers
+    once (the batch ring's workers serve every epoch), and those same workers read both epochs."""
+    for rank in (0, 1):
+        text = debug_run.text(f"debug_rank{rank}_*.log")
+        started = re.findall(rf"\[Rank {rank}/2 Worker (\d)/2\] Worker started pid=(\d+)", text)
+        assert len(started) == 4 and len({pid for _, pid in started}) == 4, started  # train x 2, val x 2
+        for split in ("train_shards", "val_shards"):
+            epochs = re.findall(rf"\[Rank {rank}/2 Worker \d/2\] Processing \d+/\d+ files from {split} \(epoch (\d+)", text)
+            assert {int(e) for e in epochs} >= {0, EPOCHS - 1}, (split, epochs)
+
+
 def test_fit_completed_samples_add_up(debug_run):
     text = debug_run.text("debug_rank*_*.log")
     for epoch in range(EPOCHS):

@@ -102,7 +102,8 @@ def _worker_init(worker_id: int) -> None:
 
 
 class EpochDataLoader(DataLoader):
-    """Sets the dataset's epoch right before each iteration, while the workers are not yet forked.
+    """Sets the dataset's epoch right before each iteration: in the rank (its plan, its log line), and for
+    the ring's workers, which outlive the epoch, in the ring's mapping with the batches to skip.
 
     Lightning creates the epoch's iterator after `on_train_epoch_start` (for epoch 0 and after a
     resume, during setup with the restored epoch), so `state_fn()` gives the epoch about to run.
