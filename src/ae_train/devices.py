@@ -10,9 +10,10 @@ from .config import Config, ConfigError
 
 def resolve_devices(cfg: Config) -> None:
     """Replace `auto` in cfg.trainer.accelerator/devices; ConfigError when the GPUs asked for are not visible."""
-    import torch
-
-    gpus = torch.cuda.device_count() if cfg.trainer.accelerator != "cpu" else 0
+    gpus = 0
+    if cfg.trainer.accelerator != "cpu":  # torch only where a GPU may be asked for: ~1 s before ranks start
+        import torch
+        gpus = torch.cuda.device_count()
     if cfg.trainer.accelerator == "auto":
         cfg.trainer.accelerator = "gpu" if gpus else "cpu"
     if cfg.trainer.accelerator in ("gpu", "cuda") and not gpus:

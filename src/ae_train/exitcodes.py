@@ -31,3 +31,25 @@ def stopped_by(signum: int) -> int:
 
 
 PREEMPTED = {stopped_by(signal.SIGTERM), stopped_by(signal.SIGINT)}  # a rank that saved last.ckpt and stopped
+
+
+def exit_process(code: int | None) -> None:
+    """End this process now with `code`, after doing what a normal exit does that matters: wait for
+    non-daemon threads, run the atexit handlers (log files flushed and closed, worker processes
+    stopped, loggers finalized), flush stdio. What it skips is the interpreter's teardown of every
+    imported module, which with torch and Lightning loaded is ~0.9 s of CPU per rank at every exit."""
+    import atexit
+    import os
+    import sys
+    import threading
+
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # closed or replaced by None
+            pass
+    os._exit(int(code or 0))
