@@ -31,7 +31,8 @@ from .plan import EpochPlan, Piece, make_plan
 from .shards import reason
 from .stream import open_samples
 from .tario import ShardError, npy_layout, read_shard_ahead
-from .tarscan import npy_rows, sample_table, uniform_npy_rows
+from .npyrows import npy_rows, uniform_npy_rows
+from .tarscan import sample_table
 from .urls import is_compressed, local_path
 
 log = logging.getLogger(__name__)
