@@ -18,18 +18,17 @@ def test_launchwatch_stalled_count_is_named_then_given_up(tmp_path):
     os.mkfifo(fifo)  # nobody writes: open() blocks, like a dead NFS server
     run = fit(tmp_path / "out", f"--data.train_shards={d}", "--data.val_shards=", "--data.batch_size=8",
               "--data.num_workers=1", "--trainer.max_epochs=1", "--debug=true", "--log.hang_timeout_s=3",
-              "--data.count_timeout_s=8", "--data.max_shard_errors=1", timeout=150)
+              "--data.count_timeout_s=14", "--data.max_shard_errors=1", timeout=150)
     assert run.proc.returncode == 0, run.console + run.text("*.log")
     train = run.text("train_*.log")
-    # Alerts every 3 s until the count is given up at 8 s. On a loaded machine the first can come before
-    # the counting starts; a later one names the shard.
+    # On a loaded machine an alert can come before the counting starts; one of them names the shard.
     hangs = re.findall(r"\[ERROR\] \[Launcher\] HANG SUSPECTED: no progress for \d+ s in launcher checks "
                        r"\(last event: (.*)\)", train)
     assert any(str(fifo) in h for h in hangs), train
     assert "Stack dump of launcher" in train and "in _count_all" in train
     assert "HANG SUSPECTED" in run.console and "Stack dump of launcher" in run.console
     assert re.search(rf"Error counting shard {fifo}: stalled for \d+ s; left out of the run", train)
-    assert f"Error reading shard {fifo}: no count within 8 s" in train
+    assert f"Error reading shard {fifo}: no count within 14 s" in train
     debug = run.text("debug_rank*.log")
     assert f"Opening shard {fifo}" not in debug  # left out of the plan: no rank ever opens it
     ends = [[b for n, b in markers(run.text(f"debug_rank{r}_*.log")) if n.endswith("TRAINING END")] for r in (0, 1)]
