@@ -46,7 +46,7 @@ def exit_process(code: int | None) -> None:
     for t in threading.enumerate():
         if t is not threading.main_thread() and not t.daemon:
             t.join()
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # what Py_Finalize runs after the threads (private, but in CPython since 3.0)
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             stream.flush()
