@@ -64,6 +64,7 @@ def test_checkpoint_files_auto_falls_back_to_the_newest_good_one(tmp_path, caplo
     assert re.search(r"resume=auto: last\.ckpt is truncated or corrupt .*; resuming from the newest good checkpoint "
                      + re.escape(str(older)) + " instead", caplog.text)
     older.write_bytes(b"")
+    os.utime(older, (1, 1))  # the write gave it a fresh mtime, which can be newer than last.ckpt's
     with pytest.raises(ConfigError, match=r"resume=auto: no readable checkpoint in .*checkpoints: last\.ckpt is "
                                           r"truncated or corrupt .* \(and 1 more\)"):
         resume_path(cfg)
