@@ -159,7 +159,7 @@ class RingReadyBatches(ReadyBatches):
         info = torch.utils.data.get_worker_info()
         x = np.zeros((self.batch, self.dim), np.float32)
         for _ in self.ring.rounds(info.id):  # as the reader serves rounds
-            self.ring.writer(info.id).feed(x for _ in range(info.id, self.batches, info.num_workers))
+            self.ring.writer(info.id).feed((x, None) for _ in range(info.id, self.batches, info.num_workers))
         yield from ()  # every round ran in the first fetch, into the ring
 
 

@@ -2,9 +2,9 @@
 
     python bench/step_checkpoint.py [--steps 400] [--every 50] [--rounds 3] [--hidden 1024,512] [--dim 512] [--batch 64]
 
-The real pieces of a run: ae_train.model.AutoEncoder (AdamW), StepCheckpoint and AtomicCheckpointIO
+The real pieces of a run: ae_train.model.AutoEncoder (AdamW), LastCheckpoint and AtomicCheckpointIO
 (write to last.ckpt.tmp<pid>, fsync, rename), on CPU, one device, batches from memory (the data path
-is not what is measured). A timing callback after StepCheckpoint records each step from
+is not what is measured). A timing callback after LastCheckpoint records each step from
 `on_train_batch_start` to the end of the checkpoint callback's `on_train_batch_end`. Runs with
 every_n_steps=0 (no step checkpoints) and every_n_steps=N alternate, `--rounds` times; printed: the
 median step time of the run without step checkpoints, of the non-checkpoint steps of the runs with
@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
-from pytorch_lightning.callbacks import Callback  # noqa: E402
+from pytorch_lightning.callbacks import Checkpoint  # noqa: E402
 
-from ae_train.callbacks.step_checkpoint import StepCheckpoint  # noqa: E402
+from ae_train.callbacks.last_checkpoint import LastCheckpoint  # noqa: E402
 from ae_train.checkpoint_files import verify  # noqa: E402
 from ae_train.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from ae_train.model import AutoEncoder  # noqa: E402
@@ -45,7 +45,7 @@ for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(name).setLevel(logging.WARNING)  # no banners between the figures
 
 
-class StepTimes(Callback):
+class StepTimes(Checkpoint):  # a Checkpoint only so that Lightning keeps it after LastCheckpoint (it moves them last)
     def __init__(self) -> None:
         self.times: list[tuple[int, float]] = []  # (global step after the batch, seconds)
         self._t0 = 0.0
@@ -62,7 +62,7 @@ def run(steps: int, every: int, dim: int, hidden: list[int], batch: int, out: Pa
     loader = torch.utils.data.DataLoader(data, batch_size=batch)
     model = AutoEncoder(dim, 32, hidden, "gelu", 1e-3, 0.01, 10, total_steps=steps)
     timing = StepTimes()
-    callbacks = ([StepCheckpoint(out, every)] if every else []) + [timing]
+    callbacks = [LastCheckpoint(out, every), timing]
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
                          plugins=[AtomicCheckpointIO()], default_root_dir=str(out))
@@ -71,9 +71,9 @@ def run(steps: int, every: int, dim: int, hidden: list[int], batch: int, out: Pa
 
 
 def hook_cost(every: int, calls: int = 1_000_000) -> float:
-    """Seconds per StepCheckpoint.on_train_batch_end call on steps that do not save, called as
+    """Seconds per LastCheckpoint.on_train_batch_end call on steps that do not save, called as
     Lightning calls it (global step rising, batch index within a long epoch)."""
-    cb = StepCheckpoint(tempfile.gettempdir(), every, align=2)
+    cb = LastCheckpoint(tempfile.gettempdir(), every, align=2)
     trainer = SimpleNamespace(global_step=0, num_training_batches=10**9)
     hook = cb.on_train_batch_end
     t0 = time.perf_counter()
@@ -126,7 +126,7 @@ def main() -> None:
           f"{med['between'] / med['plain']:.3f}x the run without step checkpoints; amortized over {a.every} steps: "
           f"+{extra / a.every / med['plain'] * 100:.1f}% per step")
     per_call = hook_cost(a.every)
-    print(f"StepCheckpoint's own cost on a step without a save: {per_call * 1e9:.0f} ns per step "
+    print(f"LastCheckpoint's own cost on a step without a save: {per_call * 1e9:.0f} ns per step "
           f"({per_call / (med['plain'] / 1000) * 100:.4f}% of the median step above); 1,000,000 calls")
     print(f"verifying last.ckpt before a resume (every record's CRC, checkpoint_files.verify): {t_verify * 1000:.0f} ms "
           f"({size_mb / t_verify:.0f} MB/s)")

@@ -72,12 +72,12 @@ def uneven_shards(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def debug_run(uneven_shards, tmp_path_factory) -> Run:
-    """The main run: uneven shards, 2 ranks x 2 workers, debug mode, a warning and a print on rank 1."""
+    """The main run: uneven shards, 2 ranks x 2 workers, debug mode, the sample ledger, a warning and a print on rank 1."""
     out = tmp_path_factory.mktemp("debug_run") / "out"
     run = fit(out, f"--data.train_shards={uneven_shards}/train-{{000000..000004}}.tar",
               f"--data.val_shards={uneven_shards}/val-*.tar", f"--data.batch_size={BS}", "--data.num_workers=2",
               f"--trainer.max_epochs={EPOCHS}", "--debug=true", "--log.train_every=5", "--log.val_every=2",
-              "--trainer.callbacks=ddp_helpers.WarnOnRank1")
+              "--log.sample_ledger=true", "--trainer.callbacks=ddp_helpers.WarnOnRank1")
     assert run.proc.returncode == 0, run.console + run.text("*.log")
     return run
 
@@ -229,3 +229,53 @@ def s3_env():
             os.environ[k] = v
     proc.kill()
     proc.wait()
+
+
+ELASTIC_SIZES = [600, 313, 77, 500, 517]  # 2007 samples: 125 batches of 8 per rank on 2 ranks (7 dropped)
+
+
+@dataclass
+class ElasticRuns:
+    """A run stopped and resumed on another world, as issue 18 checks it (weights that never change)."""
+    out: Path
+    shards: Path
+    first: Run  # 3 epochs on 2 ranks x 2 workers, the sample ledger on
+    after_first: tuple[int, list[str]]  # last.ckpt's global step and the checkpoint files after it
+    stopped: tuple[str, int]  # (console, exit code) of the run continued to 5 epochs, SIGTERM inside epoch 3
+    refused: subprocess.CompletedProcess  # the mid-epoch resume with another batch size
+    resumed: Run  # --resume=auto on 1 rank x 1 worker, to the end of epoch 4
+    resumed_wall: float  # seconds the resumed run took, start to exit
+    nothing: subprocess.CompletedProcess  # --resume=auto once more: nothing left to train
+
+
+@pytest.fixture(scope="session")
+def elastic_runs(tmp_path_factory) -> ElasticRuns:
+    tmp = tmp_path_factory.mktemp("elastic")
+    make_shards(tmp / "d", ELASTIC_SIZES)
+    out = tmp / "out"
+    flags = [f"--data.train_shards={tmp}/d", "--data.val_shards=", "--data.batch_size=8", "--model.lr=1e-30",
+             "--log.sample_ledger=true", "--debug=true", "--log.train_every=10"]
+    first = fit(out, *flags, "--data.num_workers=2", "--trainer.max_epochs=3")
+    assert first.proc.returncode == 0, first.console + first.text("*.log")
+    import torch
+    step = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    after_first = (step, sorted(p.name for p in (out / "checkpoints").iterdir()))
+    proc = start(out, *flags, "--data.num_workers=2", "--trainer.max_epochs=5", "--resume=auto",
+                 "--trainer.callbacks=ddp_helpers.SlowSteps")
+    try:
+        wait_for(out / "logs" / "debug_rank1_*.log", r"Training step 20, .*epoch 3,", 150)
+        proc.send_signal(signal.SIGTERM)
+        console, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    base = [sys.executable, "-m", "ae_train", "fit", f"--output_dir={out}", "--trainer.accelerator=cpu",
+            f"--model.input_dim={DIM}", "--model.latent_dim=4", "--model.hidden_dims=32", *flags, "--resume=auto"]
+    refused = subprocess.run([*base, "--trainer.devices=1", "--trainer.max_epochs=5", "--data.batch_size=16"],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+    t0 = time.monotonic()
+    resumed = fit(out, *flags, "--trainer.devices=1", "--data.num_workers=1", "--trainer.max_epochs=5", "--resume=auto")
+    wall = time.monotonic() - t0
+    nothing = subprocess.run([*base, "--trainer.devices=1", "--trainer.max_epochs=5"], capture_output=True, text=True,
+                             timeout=60, cwd=ROOT)
+    return ElasticRuns(out, tmp / "d", first, after_first, (console, proc.returncode), refused, resumed, wall, nothing)

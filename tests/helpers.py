@@ -177,3 +177,21 @@ def kinds(report: dict) -> list[str]:
 
 def finding(report: dict, kind: str) -> dict:
     return next(f for f in report["findings"] if f["kind"] == kind)
+
+
+def ledger_lines(logs: Path, ts: str | None = None) -> list[tuple[int, str, int, int, list[str]]]:
+    """(rank, run ts, epoch, global step, keys) of every line of the sample ledgers in `logs` (one run's with ts)."""
+    out = []
+    for path in sorted(logs.glob(f"samples_rank*_{ts or '*'}.tsv")):
+        m = re.fullmatch(r"samples_rank(\d+)_(\d{8}_\d{6})\.tsv", path.name)
+        lines = path.read_text().splitlines()
+        assert lines[0] == "epoch\tglobal_step\tkeys", lines[:1]
+        for line in lines[1:]:
+            epoch, step, keys = line.split("\t")
+            out.append((int(m[1]), m[2], int(epoch), int(step), keys.split(",")))
+    return out
+
+
+def run_ts(console: str) -> str:
+    """The run timestamp a launcher's console names (`Logs: .../train_<ts>.log and ...`)."""
+    return re.search(r"Logs: \S+/train_(\d{8}_\d{6})\.log", console)[1]

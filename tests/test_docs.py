@@ -16,7 +16,7 @@ ERROR_COMMANDS = ("grep ERROR", 'grep "ERROR.*shard"')  # need a run that had er
 HANG_WORDS = ("Stack dump", "HANG SUSPECTED")  # need a run where the watchdog fired
 
 
-def bash_commands(path: Path, prefixes=("grep", "tail", "ae-train diagnose")) -> list[str]:
+def bash_commands(path: Path, prefixes=("grep", "tail", "awk", "ae-train diagnose")) -> list[str]:
     """Command lines of ```bash blocks, without trailing comments."""
     blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), re.S)
     lines = [ln for b in blocks for ln in b.splitlines()]
@@ -32,7 +32,7 @@ def run_doc_command(cmd: str, logs: Path) -> str:
 
 
 def test_docs_both_languages_hold_the_same_commands():
-    en, zh = (bash_commands(p, ("grep", "tail", "./train_ae.sh", "LOGS=", "ae-train")) for p in DOCS)
+    en, zh = (bash_commands(p, ("grep", "tail", "awk", "./train_ae.sh", "LOGS=", "ae-train")) for p in DOCS)
     assert en == zh
     assert len(bash_commands(DOCS[0])) >= 14
 
@@ -51,6 +51,9 @@ def test_docs_command_finds_its_lines(cmd, debug_run, error_run, hang_run):
         assert ("Run finished cleanly" in out) if "--json" not in cmd else '"findings"' in out
     if "Stack dump" in cmd:
         assert "reason: SIGUSR1" in out and "reason: hang" in out
+    if "samples_rank" in cmd:  # the debug run's ledger: 2 epochs of 2 ranks x 36 batches of 8
+        assert ("epoch 0 576 samples" in out and "epoch 1 576 samples" in out) if cmd.startswith("awk") else \
+            re.search(r"samples_rank\d_\d{8}_\d{6}\.tsv:\d+\t\d+\t.*train000000_000000000", out)
 
 
 def test_docs_error_greps_are_empty_on_a_clean_run(debug_run):

@@ -5,14 +5,22 @@ A save cut short by a kill or a full disk has no central directory at its end; a
 afterwards fails a record's CRC. zipfile finds both without torch, so the launcher checks the
 checkpoint to resume before any rank starts. Checkpoints are written to `<name>.tmp<pid>` and
 renamed (checkpoint_io.AtomicCheckpointIO): a `.tmp<pid>` file is a save that never finished.
+
+`read_progress` reads where a checkpoint stands (epoch, step, batches of the epoch, the data order)
+from its pickle without torch: every tensor and class in it becomes an opaque stand-in, only plain
+values are kept. The launcher decides with it, before any rank starts, whether a run is finished
+and whether its epoch can go on with this config.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
+import pickle
 import re
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .rundir import LAST_CKPT
@@ -79,3 +87,68 @@ def remove_leftovers(ckpt_dir: Path) -> list[Path]:
                 except OSError as e:
                     log.warning("Could not remove %s, left by an unfinished checkpoint save: %s", p, e.strerror or e)
     return removed
+
+
+class _Opaque(dict):
+    """Stands in for any class or function of the pickle that is not a plain value (tensors, Lightning's
+    AttributeDict, ...): takes whatever it is built with, holds nothing that is read."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def __setstate__(self, state):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Opaque()
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    _PLAIN = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
+              ("builtins", "complex"), ("builtins", "slice"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._PLAIN:
+            return super().find_class(module, name)
+        return _Opaque
+
+    def persistent_load(self, pid):  # a tensor's storage: not read
+        return None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a checkpoint stands."""
+    epoch: int  # the epoch under way (Lightning's current_epoch when saved)
+    global_step: int
+    epochs_done: int  # epochs whose training part finished
+    batches_done: int  # batches of the epoch under way trained, per rank
+    order: dict | None  # the DataModule's state: the epoch's data order (data/resume.py), if any
+
+
+def read_progress(path: str | Path) -> Progress | None:
+    """The checkpoint's progress, read without torch; None for a file that is no such checkpoint."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next(n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl"))
+            ckpt = _PlainUnpickler(io.BytesIO(z.read(name))).load()
+        loop = ckpt["loops"]["fit_loop"]
+        epochs = loop["epoch_progress"]["current"]
+        batches = loop["epoch_loop.batch_progress"]["current"]
+        order = ckpt.get("ShardDataModule")
+        return Progress(int(ckpt["epoch"]), int(ckpt["global_step"]), int(epochs["processed"]),
+                        int(batches["completed"]), order if isinstance(order, dict) and order else None)
+    except (OSError, zipfile.BadZipFile, StopIteration, KeyError, TypeError, ValueError, pickle.UnpicklingError,
+            EOFError, AttributeError):
+        return None
+
+
+def nothing_to_train(progress: Progress, max_epochs: int, max_steps: int) -> tuple | None:
+    """(template, args) of the line saying that a checkpoint already reached the run's end, or None."""
+    from . import logformat as lf
+
+    if progress.epochs_done >= max_epochs:
+        return lf.NOTHING_TO_TRAIN.template, (progress.epochs_done - 1, max_epochs, max_epochs + progress.epochs_done)
+    if 0 < max_steps <= progress.global_step:
+        return lf.NOTHING_TO_TRAIN_STEPS.template, (progress.global_step, max_steps, 2 * max_steps)
+    return None

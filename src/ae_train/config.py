@@ -119,13 +119,17 @@ class LogConfig:
     """Write a `Validation step` line every this many validation batches (debug mode)."""
     hang_timeout_s: int = 600
     """Seconds without progress before the watchdog writes HANG SUSPECTED and stack dumps."""
+    sample_ledger: bool = False
+    """Each rank writes logs/samples_rank<N>_<ts>.tsv: a line per trained batch with the epoch, the
+    global step and the WebDataset keys of its samples (proof of what was trained; costs a little
+    per step, see docs/BENCHMARKS.md)."""
 
 
 @dataclass
 class CheckpointConfig:
     every_n_steps: int = 0
-    """Also write checkpoints/last.ckpt every this many optimizer steps (0: at epoch ends only); a
-    rank killed without warning then loses at most this many steps."""
+    """Also write checkpoints/last.ckpt every this many optimizer steps (0: at epoch ends only, where
+    it is always rewritten); a rank killed without warning then loses at most this many steps."""
     parent_death_grace_s: int = 30
     """Seconds a rank whose launcher (or torchrun/srun agent) died may spend saving last.ckpt before
     it kills itself and its DataLoader workers."""

@@ -23,6 +23,7 @@ from . import checkpoint_files, lightning_args, logs, runlock
 from . import logformat as lf
 from .config import Config, ConfigError, resume_path, to_yaml
 from .data import splits
+from .data.resume import OrderState, mismatch, shards_digest
 from .data.shards import COUNTS_ENV, DataError, list_shards
 from .devices import resolve_devices
 from .exitcodes import PREEMPTED, STOPPED_ON_PURPOSE, ExitCode, stopped_by
@@ -123,13 +124,45 @@ def _resolve_data(cfg: Config, run: RunDir, listed: dict[str, list[str]]) -> spl
     return facts
 
 
-def _slow_checks(cfg: Config, run: RunDir, listed: dict[str, list[str]], ts: str) -> splits.DataFacts:
+def _max_steps(cfg: Config) -> int:
+    steps = cfg.trainer.extra.get("max_steps", -1)
+    return steps if isinstance(steps, int) else -1
+
+
+def _nothing_to_train(cfg: Config, progress: checkpoint_files.Progress | None) -> bool:
+    """The checkpoint to resume already reached trainer.max_epochs (or max_steps): one line, no ranks, no logs."""
+    said = progress and checkpoint_files.nothing_to_train(progress, cfg.trainer.max_epochs, _max_steps(cfg))
+    if said:
+        logs.print_note(said[0] % said[1])
+    return bool(said)
+
+
+def _check_epoch_goes_on(cfg: Config, ckpt: str, progress: checkpoint_files.Progress | None,
+                         facts: splits.DataFacts) -> None:
+    """A checkpoint inside an epoch goes on in that epoch's data order: the batch size and the shards must
+    be the ones it was planned with (data/resume.py); another world is fine."""
+    if progress is None or progress.order is None:
+        return
+    try:
+        state = OrderState.from_dict(progress.order)
+    except (KeyError, TypeError, ValueError):
+        return  # not ours to judge: the ranks go on as Lightning restores it
+    train = facts.splits["train_shards"]
+    why = mismatch(state, cfg.data.batch_size, shards_digest(train.urls, train.counts), progress.batches_done)
+    if why:
+        raise ConfigError(f"resume: {ckpt}: {why}; the rest of that epoch cannot be planned exactly: resume with the "
+                          "earlier value (change it at an epoch end), or from a checkpoint saved at an epoch end")
+
+
+def _slow_checks(cfg: Config, run: RunDir, listed: dict[str, list[str]], ts: str,
+                 progress: checkpoint_files.Progress | None = None, ckpt: str | None = None) -> splits.DataFacts:
     """Reading shards, building callbacks and loggers, finding devices: under the launcher's watchdog.
     A failure is logged to the train log and raised (the console shows it as one line)."""
     log.info(lf.CHECKING.template, ts, extra=logs.CONSOLE)
     try:
         with LauncherWatchdog(cfg.log.hang_timeout_s):
             facts = _resolve_data(cfg, run, listed)
+            _check_epoch_goes_on(cfg, ckpt, progress, facts)
             # A callback or logger that cannot be built (a bad argument): one line here, not in every rank.
             lightning_args.build(cfg.trainer.callbacks, "trainer.callbacks")
             lightning_args.build(cfg.trainer.logger, "trainer.logger", {"save_dir": cfg.output_dir})
@@ -184,10 +217,13 @@ def _start_ranks(cfg: Config, argv: list[str], ts: str, counts_file: Path, lock:
 def launch(cfg: Config, argv: list[str]) -> int:
     run = RunDir.of(cfg)
     listed, lock, ckpt, held = _checks_held(cfg, run)
+    progress = checkpoint_files.read_progress(ckpt) if ckpt else None
+    if _nothing_to_train(cfg, progress):
+        return ExitCode.OK
     ts = _open_train_log(run, held)
     if lock is not None:
         _remove_leftovers(run)
-    facts = _slow_checks(cfg, run, listed, ts)
+    facts = _slow_checks(cfg, run, listed, ts, progress, ckpt)
     _announce_start(cfg, run, ts)
     counts_file = run.launch_counts(ts)
     facts.save(str(counts_file))

@@ -85,6 +85,14 @@ EPOCH_VAL = Message("Epoch %d val: loss=%.6f batches=%d shard_errors=%d", (0, 0.
                     re.compile(rb"Epoch (\d+) val: "))
 SAVING = Message("Saving checkpoint %s", ("/out/checkpoints/last.ckpt",), re.compile(rb"Saving checkpoint (.*)"))
 SAVED = Message("Saved checkpoint %s in %.2fs", ("/out/checkpoints/last.ckpt", 0.05), re.compile(rb"Saved checkpoint "))
+LEDGER_AT = Message("Sample ledger: %s", ("/out/logs/samples_rank0_20261129_050102.tsv",),
+                    re.compile(rb"Sample ledger: (.*)"))
+NOTHING_TO_TRAIN = Message("Nothing to train: the checkpoint is at the end of epoch %d and trainer.max_epochs is %d; "
+                           "to train on, pass a larger trainer.max_epochs (e.g. --trainer.max_epochs=%d)",
+                           (2, 3, 6), re.compile(rb"Nothing to train: "), doc_cut="to train on, ")
+NOTHING_TO_TRAIN_STEPS = Message("Nothing to train: the checkpoint is at step %d and trainer.max_steps is %d; to train "
+                                 "on, pass a larger trainer.max_steps (e.g. --trainer.max_steps=%d)", (400, 400, 800),
+                                 NOTHING_TO_TRAIN.pattern, doc_cut="to train on, ")
 FINISHED_RUN = Message("Training finished: %d epochs in %.1fs", (3, 35.2), re.compile(rb"Training finished"))
 
 # ---- hang watchdog and stack dumps ----
@@ -128,6 +136,12 @@ PADDING = Message("%s: worker read %d of %d planned samples; padding %d batch(es
                   doc_cut="batch(es) ")
 RESUME_SKIP = Message("Resuming mid-epoch %d: skipping the %d batch(es) of this worker already trained", (1, 11),
                       re.compile(rb"Resuming mid-epoch (\d+): skipping the (\d+) batch"))
+ELASTIC_RESUME = Message("Resuming epoch %d after its batch %d on another world: it was planned for %s, this run has %s; "
+                         "its %d samples not yet trained are planned again over this world: %d batches per rank "
+                         "(padded %d)", (0, 153, "2 rank(s) x 2 worker(s)", "1 rank(s) x 1 worker(s)", 6592, 824, 0),
+                         re.compile(rb"Resuming epoch (\d+) after its batch (\d+) on another world: it was planned for "
+                                    rb"(.+?), this run has (.+?); its (\d+) samples not yet trained"),
+                         doc_cut="again over this world: ")
 RING_WORKER = Message("Batch ring: %d batches handed over, %.3fs waiting for the rank to free a slot", (31, 0.412),
                       re.compile(rb"Batch ring: (\d+) batches handed over, ([\d.]+)s waiting"))
 

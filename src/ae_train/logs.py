@@ -143,6 +143,11 @@ def print_error(message: str) -> None:
     print(f"ae-train: error: {message}", file=sys.__stderr__, flush=True)
 
 
+def print_note(message: str) -> None:
+    """A command with nothing to do says why in one line (no log files are written)."""
+    print(f"ae-train: {message}", file=sys.__stdout__, flush=True)
+
+
 class _StreamToLogger:
     """File-like object that turns writes into log records, one per line."""
 

@@ -13,6 +13,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from .batch import samples_of
+
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
@@ -80,9 +82,11 @@ class AutoEncoder(pl.LightningModule):
                                          nn.Unflatten(1, self.input_shape))
 
     @staticmethod
-    def inputs(batch: torch.Tensor) -> torch.Tensor:
-        """float inputs of a batch: uint8 pixels scaled to [0, 1] (on the batch's device)."""
-        return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch
+    def inputs(batch) -> torch.Tensor:
+        """float inputs of a batch (a tensor, or a KeyedBatch with the sample ledger on): uint8 pixels
+        scaled to [0, 1] (on the batch's device)."""
+        x = samples_of(batch)
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))  # (B, *shape) -> (B, *shape)
@@ -91,13 +95,13 @@ class AutoEncoder(pl.LightningModule):
         x = self.inputs(batch)
         loss = nn.functional.mse_loss(self(x), x)
         # on_epoch accumulation stays on the device; the epoch mean is reduced across ranks once.
-        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(batch))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(x))
         return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x = self.inputs(batch)
         loss = nn.functional.mse_loss(self(x), x)
-        self.log("val_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(batch))
+        self.log("val_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(x))
         return loss
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
     <output_dir>/
       logs/train_<ts>.log, logs/debug_rank<N>_<ts>.log   one <ts> per run (logs.py writes them)
+      logs/samples_rank<N>_<ts>.tsv                       the sample ledger (log.sample_ledger)
       logs/.shard_counts_<ts>.json                        the launcher's data facts for its ranks (run's life)
-      checkpoints/last.ckpt, checkpoints/best-*.ckpt      Lightning's ModelCheckpoint, StepCheckpoint
+      checkpoints/last.ckpt, checkpoints/best-*.ckpt      LastCheckpoint (+ preemption), ModelCheckpoint
       metrics/<ts>/metrics.csv                            CSVLogger (tensorboard/<ts>/ when installed)
       config.yaml, config_<ts>.yaml                       the resolved config: latest run, each run
       shard_counts.json                                   sample counts read from shards, reused next run
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 CONFIG_MARK = "# written by ae-train: the resolved config of the latest run\n"  # config.yaml is ours to update
 METRICS = "metrics"          # CSVLogger's name: metrics/<ts>/metrics.csv
 TENSORBOARD = "tensorboard"  # TensorBoardLogger's name: tensorboard/<ts>/
-LAST_CKPT = "last.ckpt"  # ModelCheckpoint(save_last=True), StepCheckpoint and preemption write it
+LAST_CKPT = "last.ckpt"  # the newest state: LastCheckpoint (epoch ends, every N steps) and preemption write it
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class RunDir:
 
     def debug_log(self, rank: int, ts: str) -> Path:
         return self.logs / f"debug_rank{rank}_{ts}.log"
+
+    def ledger(self, rank: int, ts: str) -> Path:
+        """Rank `rank`'s sample ledger of run `ts` (log.sample_ledger)."""
+        return self.logs / f"samples_rank{rank}_{ts}.tsv"
 
     def debug_logs(self, ts: str) -> Path:
         """Every rank's debug log of run `ts`, as the glob the console shows."""

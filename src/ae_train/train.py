@@ -16,14 +16,15 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from . import lightning_args, logs
+from . import checkpoint_files, lightning_args, logs
 from . import logformat as lf
 from .callbacks.checkpoint import LoggedModelCheckpoint
 from .callbacks.debug import DebugCallback
+from .callbacks.last_checkpoint import LastCheckpoint
+from .callbacks.ledger import SampleLedger
 from .callbacks.preemption import PreemptionCallback
 from .callbacks.progress import ConsoleProgressBar, console_is_terminal
 from .callbacks.shard_errors import ShardErrorLimit, TooManyShardErrors
-from .callbacks.step_checkpoint import StepCheckpoint
 from .callbacks.summary import EpochSummary
 from .callbacks.watchdog import HangWatchdog
 from .checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
@@ -174,7 +175,7 @@ def main(cfg: Config) -> int:
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     facts = _data_facts(cfg, rank, world)
-    datamodule = ShardDataModule(cfg.data, facts, cfg.seed, rank)
+    datamodule = ShardDataModule(cfg.data, facts, cfg.seed, rank, keys=cfg.log.sample_ledger)
     model = _model(cfg, facts, total_steps=_optimizer_steps(cfg, datamodule.steps_per_epoch(world)))
     has_val = bool(cfg.data.val_shards.strip())
     ckpt_dir = run.checkpoints
@@ -186,14 +187,14 @@ def main(cfg: Config) -> int:
         EpochSummary(shard_errors),
         preemption,
         HangWatchdog(cfg.log.hang_timeout_s),
-        *([StepCheckpoint(ckpt_dir, cfg.checkpoint.every_n_steps, max(1, cfg.data.num_workers))]
-          if cfg.checkpoint.every_n_steps else []),
+        *([SampleLedger(run.ledger(rank, ts))] if cfg.log.sample_ledger else []),
         # Last of the per-batch hooks: its clock starts after every other callback's batch work, so
         # "data wait" is the time spent fetching the next batch only.
         DebugCallback(cfg.log.train_every, cfg.log.val_every, cfg.debug),
-        LoggedModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=1,
-                              monitor="val_loss" if has_val else "train_loss", mode="min",
-                              filename="best-{epoch:03d}"),
+        LoggedModelCheckpoint(dirpath=ckpt_dir, save_top_k=1, monitor="val_loss" if has_val else "train_loss",
+                              mode="min", filename="best-{epoch:03d}"),
+        # After the best-* save: last.ckpt holds its state too.
+        LastCheckpoint(ckpt_dir, cfg.checkpoint.every_n_steps, max(1, cfg.data.num_workers)),
     ]
     strategy = "auto"
     if world > 1:
@@ -226,6 +227,13 @@ def main(cfg: Config) -> int:
         # Our launcher verified the checkpoint and passes it as --resume=<path>; under torchrun/srun
         # every rank checks it and rank 0 reports a fallback.
         ckpt_path = resume_path(cfg, verify=LAUNCHER_ENV not in os.environ, warn=rank == 0)
+        progress = checkpoint_files.read_progress(ckpt_path) if ckpt_path else None
+        said = progress and checkpoint_files.nothing_to_train(progress, cfg.trainer.max_epochs,
+                                                              cfg.trainer.extra.get("max_steps", -1))
+        if said:  # under torchrun/srun (our launcher said so before starting ranks)
+            if rank == 0:
+                log.info(said[0], *said[1], extra=logs.CONSOLE)
+            return ExitCode.OK
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         return preemption.exit_code  # last.ckpt saved and logged; resume with --resume=auto

@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
 from .. import logformat as lf
+from ..batch import samples_of
 from .step_split import BACKWARD, DATA, FORWARD, OPTIMIZER, OTHER, StepSplit, format_split
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class DebugCallback(Callback):
         elapsed = max(1e-9, self._t_ready - self._t_window)
         cuda = torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
         log.debug(lf.TRAINING_STEP.template, batch_idx, loss_value, batch_idx + 1, trainer.current_epoch,
-                  trainer.global_step, self._window_batches * len(batch) / elapsed, format_split(self.split.fold()), self.split.clock,
+                  trainer.global_step, self._window_batches * len(samples_of(batch)) / elapsed, format_split(self.split.fold()), self.split.clock,
                   _rss_mb(), cuda)
         self._t_window, self._window_batches = self._t_ready, 0
 

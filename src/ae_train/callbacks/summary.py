@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
 from .. import logformat as lf
+from ..batch import samples_of
 from ..logs import CONSOLE
 from .debug import DebugCallback
 from .step_split import BACKWARD, PARTS, format_split
@@ -32,6 +33,7 @@ class EpochSummary(Callback):
         self.shard_errors = shard_errors  # a ShardErrorLimit run before us: its per-split counts
         self._t0 = self._t_last = 0.0
         self._samples = 0
+        self._epoch = -1  # the epoch the clock runs for
         self._debug: DebugCallback | None = None
 
     @override
@@ -40,12 +42,21 @@ class EpochSummary(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer)
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if self._epoch != trainer.current_epoch:  # resumed inside the epoch: Lightning skips on_train_epoch_start
+            self._start(trainer)
+
+    def _start(self, trainer: pl.Trainer) -> None:
+        """The epoch's clock and sample count: this process's part of the epoch."""
         self._t0 = self._t_last = time.perf_counter()
-        self._samples = 0
+        self._samples, self._epoch = 0, trainer.current_epoch
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._samples += len(batch)
+        self._samples += len(samples_of(batch))
         self._t_last = time.perf_counter()
 
     @override

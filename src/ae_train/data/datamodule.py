@@ -1,4 +1,8 @@
-"""LightningDataModule over WebDataset shards with equal batches per rank in every epoch."""
+"""LightningDataModule over WebDataset shards with equal batches per rank in every epoch.
+
+Its state in a checkpoint is the training data order of the epoch under way (resume.OrderState): a run
+resumed inside that epoch goes on in it, or, in another world, plans the samples left (resume.py).
+"""
 from __future__ import annotations
 
 import logging
@@ -11,9 +15,10 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from .. import logformat as lf
 from .. import stacks
-from ..config import DataConfig
+from ..config import ConfigError, DataConfig
 from .plan import batches_per_rank
 from .reader import ShardBatches
+from .resume import OrderState, mismatch, shards_digest
 from .ring import SlotRing
 from .splits import DataFacts, Split
 
@@ -24,14 +29,15 @@ warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__`
 
 
 def make_loader(cfg: DataConfig, split: Split, name: str, state_fn, rank: int, world: int, seed: int, shuffle: bool,
-                epoch: int = 0, num_workers: int | None = None, stage_times=None) -> "EpochDataLoader":
+                epoch: int = 0, num_workers: int | None = None, stage_times=None, keys: bool = False) -> "EpochDataLoader":
     """One split's ShardBatches and its loader, as training reads them (`ae-train bench-data` measures
-    this same loader; `stage_times` lets the reader time its stages). `state_fn()` gives (epoch about to
-    run, its batches already trained) at each iteration's start."""
+    this same loader; `stage_times` lets the reader time its stages; `keys`: batches carry their
+    samples' keys, for the sample ledger). `state_fn()` gives (epoch about to run, its batches already
+    trained) at each iteration's start."""
     workers = cfg.num_workers if num_workers is None else num_workers
     ds = ShardBatches(split.urls, split.counts, name, cfg.sample_key, split.spec, cfg.batch_size, workers, rank, world,
                       seed, shuffle, epoch, buffer_bytes=cfg.buffer_mb << 20, shuffle_buffer=cfg.shuffle_buffer,
-                      stage_times=stage_times)
+                      stage_times=stage_times, keys=keys)
     ds.plan_errors = len(split.problems)  # shards found broken when counted: errors of every epoch
     # batch_size=None: workers yield whole batches; fork keeps the rank's log handlers in workers.
     return EpochDataLoader(ds, state_fn, ring_slots=None if cfg.ring_slots < 0 else cfg.ring_slots, batch_size=None,
@@ -40,13 +46,22 @@ def make_loader(cfg: DataConfig, split: Split, name: str, state_fn, rank: int, w
 
 
 class ShardDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: DataConfig, facts: DataFacts, seed: int, rank: int = 0):
+    def __init__(self, cfg: DataConfig, facts: DataFacts, seed: int, rank: int = 0, keys: bool = False):
         super().__init__()
-        self.cfg, self.facts, self.seed, self.rank = cfg, facts, seed, rank
+        self.cfg, self.facts, self.seed, self.rank, self.keys = cfg, facts, seed, rank, keys
         self.train_set: ShardBatches | None = None
         self.val_set: ShardBatches | None = None
         self._reported = False
         self._loaders: dict[str, EpochDataLoader] = {}
+        self._resumed: OrderState | None = None  # the data order a checkpoint holds, until the train loader uses it
+        self._reload_every: int | None = None  # the user's reload_dataloaders_every_n_epochs, while we asked for 1
+
+    def state_dict(self) -> dict:
+        """The training data order of the epoch under way (Lightning keeps it in every checkpoint)."""
+        return self.train_set.order_state().to_dict() if self.train_set is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resumed = OrderState.from_dict(state_dict) if state_dict else None
 
     def setup(self, stage: str) -> None:
         if self._reported:
@@ -62,12 +77,13 @@ class ShardDataModule(pl.LightningDataModule):
         """Training batches per rank in every epoch (the epoch plan's count, the same on all ranks)."""
         return batches_per_rank(sum(self.facts.splits["train_shards"].counts), world, self.cfg.batch_size)
 
-    def _loader(self, name: str, shuffle: bool, state_fn) -> "EpochDataLoader":
+    def _loader(self, name: str, shuffle: bool, state_fn, keys: bool = False) -> "EpochDataLoader":
         old = self._loaders.pop(name, None)
         if old is not None:  # made again (reload_dataloaders_every_n_epochs): the old one's workers go
             old.close()
         self._loaders[name] = make_loader(self.cfg, self.facts.splits[name], name, state_fn, self.trainer.global_rank,
-                                          self.trainer.world_size, self.seed, shuffle, self.trainer.current_epoch)
+                                          self.trainer.world_size, self.seed, shuffle, self.trainer.current_epoch,
+                                          keys=keys)
         return self._loaders[name]
 
     def teardown(self, stage: str) -> None:
@@ -77,6 +93,11 @@ class ShardDataModule(pl.LightningDataModule):
     def _epoch_state(self) -> tuple[int, int]:
         """(epoch about to run, its batches already trained: non-zero only right after a mid-epoch resume)."""
         loop = self.trainer.fit_loop
+        epochs = loop.epoch_progress.current
+        if epochs.processed > epochs.completed:
+            # Resumed from a checkpoint written at an epoch's end (LastCheckpoint): Lightning counts that epoch
+            # as completed only after this loader is made, and runs the next one with it.
+            return epochs.processed, 0
         done = loop.epoch_loop.batch_progress.current.completed if loop.restarting else 0
         return self.trainer.current_epoch, done
 
@@ -84,8 +105,23 @@ class ShardDataModule(pl.LightningDataModule):
         return self.trainer.current_epoch, 0
 
     def train_dataloader(self) -> DataLoader:
-        loader = self._loader("train_shards", self.cfg.shuffle, self._epoch_state)
-        self.train_set = loader.dataset
+        trainer = self.trainer
+        if self._reload_every is not None:  # the epoch after an elastic resume: the user's setting again
+            trainer.reload_dataloaders_every_n_epochs, self._reload_every = self._reload_every, None
+        loader = self._loader("train_shards", self.cfg.shuffle, self._epoch_state, keys=self.keys)
+        self.train_set = ds = loader.dataset
+        ds.resume_state, self._resumed = self._resumed, None
+        epoch, done = self._epoch_state()
+        if ds.resume_state is not None and ds.resume_state.epoch == epoch:
+            why = mismatch(ds.resume_state, ds.batch_size, shards_digest(ds.urls, ds.counts), done)
+            if why:  # the launcher said so before starting the ranks; here under torchrun/srun
+                raise ConfigError(f"{why}: the rest of that epoch cannot be planned exactly; resume with the "
+                                  "earlier value, or from an epoch-end checkpoint")
+        # The epoch's plan now (Lightning reads the length before it iterates): after an elastic resume the
+        # epoch has another length than the next ones, so the loader is made again for the next epoch.
+        ds.set_epoch(epoch, done)
+        if len(ds) != batches_per_rank(sum(ds.counts), ds.world, ds.batch_size):
+            self._reload_every, trainer.reload_dataloaders_every_n_epochs = trainer.reload_dataloaders_every_n_epochs, 1
         return loader
 
     def val_dataloader(self) -> DataLoader:
@@ -133,14 +169,15 @@ class EpochDataLoader(DataLoader):
 
     def __iter__(self):
         epoch, done = self._state_fn()
-        self.dataset.set_epoch(epoch)
+        done = self.dataset.set_epoch(epoch, done)  # batches of the epoch's plan already trained
         self.dataset.skip_batches = done
         if not self._ring_slots:
             return super().__iter__()
         if self.ring is None:
             spec = self.dataset.spec
             self.ring = SlotRing(self.num_workers, self._ring_slots, (self.dataset.batch_size, *spec.shape),
-                                 spec.dtype, pin=self._pin)
+                                 spec.dtype, pin=self._pin,
+                                 key_bytes=256 * self.dataset.batch_size if self.dataset.keys else 0)
             self.dataset.ring = self.ring
             log.debug(lf.RING_MADE.template, self.dataset.name,
                       self.num_workers, self._ring_slots, self.ring.slot_bytes, self.ring.nbytes / 2**20,

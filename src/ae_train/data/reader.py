@@ -11,6 +11,11 @@ Two ways to read a shard. The fast path, for local uncompressed `.npy` shards no
 data.buffer_mb: the whole file in one reused buffer (the next one read ahead), its rows gathered by
 the vectorized tar walk. Everything else streams: any URL, gzip, images, shards over the size
 limit; memory is one read chunk, the raw members of the shuffle buffer and the batch being filled.
+Either way the samples of a piece leave in the order order.py computes from counts and seeds alone,
+so a stopped epoch can be continued over another world (resume.py) with every sample exactly once.
+
+With `keys` (the sample ledger, data.sample_ledger) every batch travels with the WebDataset keys of
+its samples (`KeyedBatch`); without, batches are plain tensors and no key is ever looked up.
 """
 from __future__ import annotations
 
@@ -26,14 +31,17 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .. import logformat as lf
 from .. import logs
+from ..batch import KeyedBatch
 from .decode import SampleSpec, decode_into
-from .plan import EpochPlan, Piece, make_plan
+from .npyrows import npy_rows, uniform_npy_rows
+from .order import piece_order, worker_rng
+from .plan import EpochPlan, Piece
+from .resume import OrderState, Planner, Segment, shards_digest
 from .shards import reason
 from .stream import open_samples
 from .tario import ShardError, npy_layout, read_shard_ahead
-from .npyrows import npy_rows, uniform_npy_rows
 from .tarscan import sample_table
-from .urls import is_compressed, local_path
+from .urls import local_path
 
 log = logging.getLogger(__name__)
 DEFAULT_BUFFER_BYTES = 256 << 20
@@ -45,26 +53,33 @@ class NoReadableSamples(RuntimeError):
 
 
 class _Batcher:
-    """Fills preallocated batches slot by slot (rows in blocks, members one by one)."""
+    """Fills preallocated batches slot by slot (rows in blocks, members one by one). Yields
+    (batch, keys) pairs: keys is the list of the samples' keys with `keys`, else None."""
 
-    def __init__(self, spec: SampleSpec, batch_size: int, new=None, times=None):
+    def __init__(self, spec: SampleSpec, batch_size: int, new=None, times=None, keys: bool = False):
         self.spec, self.batch_size, self.times = spec, batch_size, times
         self._new = new or (lambda: np.empty((batch_size, *spec.shape), spec.dtype))
         self.cur: np.ndarray | None = None  # taken when its first sample comes: a ring slot only while filled
         self.fill = 0
+        self.keys: list[str] | None = [] if keys else None  # keys of the samples in `cur`
 
-    def _full(self) -> np.ndarray:
-        out, self.cur, self.fill = self.cur, None, 0
-        return out
+    def _full(self) -> tuple[np.ndarray, list[str] | None]:
+        out, keys, self.cur, self.fill = self.cur, self.keys, None, 0
+        if keys is not None:
+            self.keys = []
+        return out, keys
 
-    def add_rows(self, rows: np.ndarray):
-        """Copy rows (n, size) into batches; yields each batch as it fills."""
+    def add_rows(self, rows: np.ndarray, keys=None):
+        """Copy rows (n, size) into batches (`keys`: a sequence of their keys, with `keys` on); yields
+        each batch as it fills."""
         pos = 0
         while pos < len(rows):
             if self.cur is None:
                 self.cur = self._new()
             take = min(self.batch_size - self.fill, len(rows) - pos)
             self.cur.reshape(self.batch_size, -1)[self.fill:self.fill + take] = rows[pos:pos + take]
+            if self.keys is not None:
+                self.keys.extend(keys[pos:pos + take])
             self.fill += take
             pos += take
             if self.fill == self.batch_size:
@@ -80,6 +95,8 @@ class _Batcher:
                 self.times.timed("decode", decode_into, self.spec, data, self.cur[self.fill])
         except ShardError as e:
             raise ShardError(f"sample {key}: {e}") from None
+        if self.keys is not None:
+            self.keys.append(key)
         self.fill += 1
         if self.fill == self.batch_size:
             yield self._full()
@@ -87,12 +104,12 @@ class _Batcher:
 
 class _Tally:
     """What a worker's epoch has produced so far: batches left to make, samples read, shard errors, and
-    the last batch handed out (padding repeats its real samples)."""
+    the last batch handed out with its keys (padding repeats its real samples)."""
 
     def __init__(self, batches: int):
-        self.left, self.samples, self.errors, self.last = batches, 0, 0, None
+        self.left, self.samples, self.errors, self.last = batches, 0, 0, (None, None)
 
-    def took(self, batch: np.ndarray) -> None:
+    def took(self, batch: tuple[np.ndarray, list[str] | None]) -> None:
         self.left -= 1
         self.last = batch
 
@@ -103,7 +120,7 @@ class ShardBatches(IterableDataset):
     def __init__(self, urls: list[str], counts: list[int], name: str, sample_key: str, spec: SampleSpec | int,
                  batch_size: int, num_workers: int, rank: int, world: int, seed: int, shuffle: bool, epoch: int = 0,
                  buffer_bytes: int = DEFAULT_BUFFER_BYTES, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-                 stage_times=None):
+                 stage_times=None, keys: bool = False):
         super().__init__()
         self.urls, self.counts, self.name = urls, counts, name
         # An int is the old form: vectors of that length from .npy members.
@@ -113,36 +130,65 @@ class ShardBatches(IterableDataset):
         self.seed, self.shuffle, self.epoch = seed, shuffle, epoch
         self.buffer_bytes, self.shuffle_buffer = buffer_bytes, shuffle_buffer
         self.stage_times = stage_times  # a StageTimes the reader fills (bench-data); None: no clock reads
-        self.plan: EpochPlan = make_plan(counts, world, num_workers, batch_size, seed, epoch, shuffle)
+        self.keys = keys  # batches carry their samples' keys (KeyedBatch): the sample ledger
+        self.planner = Planner(urls, counts, batch_size, self.spec.decoder)
+        # This world and data order; the epoch's segments (one, unless an elastic resume began another).
+        self.now = Segment(world, max(1, num_workers), 0, seed, shuffle, shuffle_buffer, buffer_bytes)
+        self.segments = [self.now]
+        self.plan: EpochPlan = self.planner.epoch_plan(self.now, epoch)
+        self.resume_state: OrderState | None = None  # a checkpoint's data order, used once (resume.py)
         # Shard errors of this epoch, summed over this rank's workers (forked workers share it).
         self.errors = multiprocessing.Value("i", 0)
         self.plan_errors = 0  # shards found broken when counted (set by the DataModule)
-        self.skip_batches = 0  # batches of this epoch already trained (a mid-epoch resume)
+        self.skip_batches = 0  # batches of this epoch's last segment already trained (a mid-epoch resume)
         # Set by EpochDataLoader before the workers fork: workers fill its slots and yield Slots (ring.py).
         self.ring = None
         self._writer = None
         self._announced = False
 
-    def set_epoch(self, epoch: int) -> None:
-        """New plan for `epoch` (only the shard order changes; the batch count never does)."""
-        if epoch != self.epoch or not self._announced:
-            self.epoch, self._announced = epoch, True
-            self.plan = make_plan(self.counts, self.world, self.num_workers, self.batch_size, self.seed, epoch,
-                                  self.shuffle)
-            log.info(lf.EQUALIZED.template, self.name, epoch, self.world, self.plan.batches_per_rank, self.batch_size,
-                     self.plan.dropped, self.plan.padded)
+    def order_state(self) -> OrderState:
+        """The data order of the current epoch, as a checkpoint keeps it."""
+        return OrderState(self.epoch, self.batch_size, shards_digest(self.urls, self.counts), len(self),
+                          list(self.segments))
+
+    def set_epoch(self, epoch: int, done: int = 0) -> int:
+        """The plan of `epoch`, `done` batches of which are already trained (a resume): a fresh plan, the
+        resumed segment going on, or the epoch's samples left planned over this world. Returns the
+        batches of the plan already trained (each worker skips its share of them)."""
+        state, self.resume_state = self.resume_state, None
+        if state is not None and state.epoch == epoch and done > 0 and state.segments:
+            resumed = self.planner.resume(state, self.now, done)
+            self.epoch, self.plan, self.segments, self._announced = epoch, resumed.plan, resumed.segments, True
+            if done < len(self):
+                self._announce()
+            if resumed.left and self.rank == 0:
+                old = resumed.segments[-2]
+                log.warning(lf.ELASTIC_RESUME.template, epoch, done, old.describe(), self.now.describe(),
+                            resumed.left, self.plan.batches_per_rank, self.plan.padded, extra=logs.CONSOLE)
+            skip = resumed.skip
+        else:
+            if epoch != self.epoch or not self._announced:
+                self.epoch, self._announced, self.segments = epoch, True, [self.now]
+                self.plan = self.planner.epoch_plan(self.now, epoch)
+                if done < len(self):  # (a resume at an epoch's end reads nothing of it)
+                    self._announce()
+            skip = done - self.segments[-1].start
         with self.errors.get_lock():
             self.errors.value = 0
+        return skip
+
+    def _announce(self) -> None:
+        log.info(lf.EQUALIZED.template, self.name, self.epoch, self.now.world, self.plan.batches_per_rank,
+                 self.batch_size, self.plan.dropped, self.plan.padded)
 
     def _plan_for(self, epoch: int) -> None:
         """In a worker that serves several epochs: the plan of `epoch` (the rank announced it)."""
         if epoch != self.epoch:
-            self.epoch = epoch
-            self.plan = make_plan(self.counts, self.world, self.num_workers, self.batch_size, self.seed, epoch,
-                                  self.shuffle)
+            self.epoch, self.segments = epoch, [self.now]
+            self.plan = self.planner.epoch_plan(self.now, epoch)
 
     def __len__(self) -> int:
-        return self.plan.batches_per_rank
+        return self.segments[-1].start + self.plan.batches_per_rank
 
     def __iter__(self):
         info = get_worker_info()
@@ -168,9 +214,9 @@ class ShardBatches(IterableDataset):
         plan_worker = (worker + self.skip_batches) % num
         skip = len(range(plan_worker, self.skip_batches, num))
         self._log_skip(skip)
-        for i, batch in enumerate(self._timed(self._worker_batches(plan_worker))):
+        for i, (batch, keys) in enumerate(self._timed(self._worker_batches(plan_worker))):
             if i >= skip:
-                yield torch.from_numpy(batch)
+                yield torch.from_numpy(batch) if keys is None else KeyedBatch(torch.from_numpy(batch), keys)
 
     def _timed(self, batches):
         return batches if self.stage_times is None else self.stage_times.timed_iter("batches", batches)
@@ -180,9 +226,9 @@ class ShardBatches(IterableDataset):
             log.info(lf.RESUME_SKIP.template, self.epoch, skip)
 
     def _kept(self, batches, skip: int):
-        for i, batch in enumerate(batches):
+        for i, (batch, keys) in enumerate(batches):
             if i >= skip:
-                yield batch
+                yield batch, keys
             else:
                 self._writer.drop(batch)
 
@@ -202,26 +248,23 @@ class ShardBatches(IterableDataset):
             self.stage_times.add("slot_wait", self._writer.waited - before)
 
     def _fast(self, url: str) -> bool:
-        """Local, uncompressed, `.npy`, and small enough to hold whole."""
-        path = local_path(url)
-        if self.spec.decoder != "npy" or path is None or is_compressed(url):
-            return False
-        try:
-            return os.path.getsize(path) <= self.buffer_bytes
-        except OSError:
-            return True  # the fast path's open names the error
+        """Local, uncompressed, `.npy`, and small enough to hold whole (order.held_whole)."""
+        return self.planner.whole(self.urls.index(url), self.segments[-1])
 
     def _worker_batches(self, worker: int):
         """This worker's planned batches, in order: its shard pieces read and batched (a partial batch
         carries over into the next piece), then padding with real samples if any read fell short."""
         wp = self.plan.workers[self.rank][worker]  # the plan was made for this many workers
         log.info(lf.PROCESSING.template, wp.shards, len(self.urls), self.name, self.epoch, wp.samples, wp.batches)
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        seg = self.segments[-1]
+        rng = worker_rng(seg.seed, self.epoch, self.rank, worker, len(self.segments) - 1)
         t0, tally = time.perf_counter(), _Tally(wp.batches)
-        batcher = _Batcher(self.spec, self.batch_size, self._new_batch, self.stage_times)
+        batcher = _Batcher(self.spec, self.batch_size, self._new_batch, self.stage_times, self.keys)
         for k, piece in enumerate(wp.pieces):
+            whole = self.planner.whole(piece.shard, seg)
+            order = piece_order(len(piece), rng, whole, seg.shuffle, seg.shuffle_buffer)  # before any read
             following = wp.pieces[k + 1].shard if k + 1 < len(wp.pieces) else None
-            yield from self._piece_batches(piece, following, rng, batcher, tally)
+            yield from self._piece_batches(piece, order, whole, following, batcher, tally)
             if tally.left == 0:
                 break
         if tally.left > 0:  # shard errors or stale counts: repeat real samples to keep ranks in step
@@ -230,13 +273,13 @@ class ShardBatches(IterableDataset):
         log.info(lf.COMPLETED.template, tally.samples, self.epoch, wp.batches, wp.shards, tally.errors,
                  time.perf_counter() - t0, self.name)
 
-    def _piece_batches(self, piece: Piece, following: int | None, rng: np.random.Generator, batcher: "_Batcher",
-                       tally: "_Tally"):
+    def _piece_batches(self, piece: Piece, order: np.ndarray, whole: bool, following: int | None,
+                       batcher: "_Batcher", tally: "_Tally"):
         """The batches completed by one shard piece; a read error is reported (once per shard) and ends it."""
         url, t_shard, read = self.urls[piece.shard], time.perf_counter(), [0]
         try:
-            batches = self._fast_piece(piece, following, rng, batcher, tally.left, read) if self._fast(url) \
-                else self._streamed_piece(piece, rng, batcher, tally, read)
+            batches = self._fast_piece(piece, order, following, batcher, tally.left, read) if whole \
+                else self._streamed_piece(piece, order, batcher, tally, read)
             for batch in batches:
                 tally.took(batch)
                 yield batch
@@ -252,118 +295,135 @@ class ShardBatches(IterableDataset):
         if read[0]:
             log.debug(lf.FINISHED_SHARD.template, url, read[0], time.perf_counter() - t_shard)
 
-    def _fast_piece(self, piece: Piece, following: int | None, rng, batcher: "_Batcher", limit: int, read: list):
+    def _fast_piece(self, piece: Piece, order: np.ndarray, following: int | None, batcher: "_Batcher", limit: int,
+                    read: list):
         """The fast path: the piece's rows gathered from the whole shard in memory (the next one read ahead)."""
+        seg = self.segments[-1]
         ahead = self.urls[following] if following not in (None, piece.shard) else None
-        rows = self._open(piece, ahead if ahead and self._fast(ahead) else None)
+        rows, keys = self._open(piece, ahead if ahead and self.planner.whole(following, seg) else None)
         read[0] = len(rows)
-        yield from self._gathered(rows, rng, batcher, limit)
+        yield from self._gathered(rows, keys, order, batcher, limit)
 
-    def _streamed_piece(self, piece: Piece, rng, batcher: "_Batcher", tally: "_Tally", read: list):
-        """Any other shard: raw members streamed (shuffle buffer), each decoded into the batch being filled."""
-        for key, data in self._streamed(piece, rng):
+    def _streamed_piece(self, piece: Piece, order: np.ndarray, batcher: "_Batcher", tally: "_Tally", read: list):
+        """Any other shard: raw members streamed in the piece's order, each decoded into the batch being filled."""
+        for key, data in self._streamed(piece, order):
             read[0] += 1
             yield from batcher.add_member(key, data)
             if tally.left == 0:
                 break
 
-    def _gathered(self, rows: np.ndarray, rng: np.random.Generator, batcher: _Batcher, limit: int):
-        """Batches of `rows` (n, size) in shuffled order, at most `limit`: the partial batch left by the
-        previous shard is topped up first, then each whole batch is one fancy-index gather (one copy)."""
-        order = rng.permutation(len(rows)) if self.shuffle else np.arange(len(rows))
-        pos, shape = 0, (self.batch_size, *self.spec.shape)
+    def _gathered(self, rows: np.ndarray, keys, order: np.ndarray, batcher: _Batcher, limit: int):
+        """Batches of `rows` (n, size) in `order`, at most `limit`: the partial batch left by the previous
+        shard is topped up first, then each whole batch is one fancy-index gather (one copy). `keys`:
+        the rows' member table (their keys, looked up only when batches carry keys)."""
+        pos, shape, bs = 0, (self.batch_size, *self.spec.shape), self.batch_size
+        picked = (lambda a, b: keys.keys_at(order[a:b])) if self.keys else (lambda a, b: None)
         if batcher.fill:
-            pos = min(self.batch_size - batcher.fill, len(rows))
-            for batch in batcher.add_rows(rows[order[:pos]]):
+            pos = min(bs - batcher.fill, len(rows))
+            for batch in batcher.add_rows(rows[order[:pos]], picked(0, pos)):
                 limit -= 1
                 yield batch
-        if self._writer is not None and limit > 0 and pos + self.batch_size <= len(rows):
+        if self._writer is not None and limit > 0 and pos + bs <= len(rows):
             # Gathered straight into ring slots by torch (np.take into `out` is 100x slower on these strided rows).
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # rows is a read-only view of the shard buffer: only read
                 src, index = torch.from_numpy(rows), torch.from_numpy(order)
-        while limit > 0 and pos + self.batch_size <= len(rows):
+        while limit > 0 and pos + bs <= len(rows):
             limit -= 1
             if self._writer is None:
-                yield rows[order[pos:pos + self.batch_size]].reshape(shape)
+                yield rows[order[pos:pos + bs]].reshape(shape), picked(pos, pos + bs)
             else:
                 out = self._take_slot()
-                torch.index_select(src, 0, index[pos:pos + self.batch_size],
-                                   out=torch.from_numpy(out).view(self.batch_size, -1))
-                yield out
-            pos += self.batch_size
+                torch.index_select(src, 0, index[pos:pos + bs], out=torch.from_numpy(out).view(bs, -1))
+                yield out, picked(pos, pos + bs)
+            pos += bs
         if limit > 0 and pos < len(rows):
-            yield from batcher.add_rows(rows[order[pos:]])  # less than a batch: never completes one
+            # less than a batch: never completes one
+            yield from batcher.add_rows(rows[order[pos:]], picked(pos, len(rows)))
 
-    def _padding(self, batcher: _Batcher, last: np.ndarray | None, missing: int):
+    def _padding(self, batcher: _Batcher, last: tuple, missing: int):
         """`missing` batches of real samples: the partial batch topped up from the last full one, or
         its own samples repeated; with nothing read at all, samples of any readable shard of the split.
         In a ring worker `last` is a slot that may have been filled again since it was handed over:
         every row of it is still a real sample of this worker (slots are only ever published full)."""
-        if last is None and batcher.fill == 0:
-            last = self._any_real_batch()
-        have = batcher.cur[:batcher.fill].copy() if batcher.fill else last[:0]
-        pool = np.concatenate([have, last]) if last is not None else have
+        last_batch, last_keys = last
+        if last_batch is None and batcher.fill == 0:
+            last_batch, last_keys = self._any_real_batch()
+        have = batcher.cur[:batcher.fill].copy() if batcher.fill else last_batch[:0]
+        pool = np.concatenate([have, last_batch]) if last_batch is not None else have
         filler = np.resize(pool, (self.batch_size, *self.spec.shape)).astype(self.spec.dtype, copy=False)
+        keys = None
+        if self.keys:
+            names = (batcher.keys if batcher.fill else []) + (list(last_keys) if last_batch is not None else [])
+            keys = [names[i % len(names)] for i in range(self.batch_size)]  # as np.resize repeats the rows
         for _ in range(missing):
-            yield filler.copy()
+            yield filler.copy(), keys
 
-    def _any_real_batch(self) -> np.ndarray:
-        """Up to one batch of real samples from the split's shards in order; never zeros."""
-        out, why = [], "no shard holds a readable sample"
-        for url in self.urls:
+    def _any_real_batch(self) -> tuple[np.ndarray, list[str]]:
+        """Up to one batch of real samples from the split's shards in order, with their keys; never zeros."""
+        out, names, why = [], [], "no shard holds a readable sample"
+        for i, url in enumerate(self.urls):
             try:
-                with_key = self._streamed(Piece(self.urls.index(url), 0, self.batch_size), None)
-                for _, data in with_key:
+                for key, data in self._streamed(Piece(i, 0, self.batch_size), None):
                     slot = np.empty(self.spec.shape, self.spec.dtype)
                     decode_into(self.spec, data, slot)
                     out.append(slot)
+                    names.append(key)
                     if len(out) == self.batch_size:
                         break
             except (OSError, ShardError) as e:
                 why = f"{url}: {reason(e)}"
             if out:
-                return np.stack(out)
+                return np.stack(out), names
         raise NoReadableSamples(f"{self.name}: no sample of any shard can be read to keep ranks in step ({why}); "
                                 "stopping instead of training on made-up data")
 
-    def _streamed(self, piece: Piece, rng: np.random.Generator | None):
-        """(key, raw input member) of samples [start, stop) of the shard, in shuffle-buffer order when shuffling."""
+    def _streamed(self, piece: Piece, order: np.ndarray | None):
+        """(key, raw input member) of the piece's samples in `order` (positions among the piece's samples;
+        None: shard order). `order` comes from a shuffle buffer (order.buffer_order): a sample leaves
+        at most data.shuffle_buffer samples after it arrived, so that many raw members are held here."""
         url = self.urls[piece.shard]
         log.debug(lf.OPENING.template, url, piece.start, piece.stop, self.counts[piece.shard])
         stream, samples = open_samples(url, {self.sample_key})
         if self.stage_times is not None:
             samples = self.stage_times.timed_iter(("read", "read_wait"), samples)  # nothing read ahead here
         try:
-            index, pool = 0, []
-            for key, parts in samples:
-                data = parts.get(self.sample_key)
-                if data is None:
-                    continue
-                index += 1
-                if index <= piece.start:
-                    continue
-                if rng is None or not self.shuffle or self.shuffle_buffer <= 1:
-                    yield key, data
-                elif len(pool) < self.shuffle_buffer:
-                    pool.append((key, data))
-                else:
-                    j = int(rng.integers(len(pool)))
-                    out, pool[j] = pool[j], (key, data)
-                    yield out
-                if index >= piece.stop:
-                    break
-            if rng is not None and self.shuffle:
-                for j in rng.permutation(len(pool)):
-                    yield pool[j]
-            if index < piece.stop:
-                raise ShardError(f"holds {index} '{self.sample_key}' samples, the index says "
-                                 f"{self.counts[piece.shard]} (run `ae-train index` again)")
+            arriving = self._piece_samples(piece, samples)
+            if order is None:
+                yield from arriving
+                return
+            arrived: dict[int, tuple[str, bytes]] = {}  # position in the piece -> (key, raw member)
+            handed = 0
+            for pos in order.tolist():
+                while pos not in arrived:
+                    arrived[handed + len(arrived)] = next(arriving)  # a short shard raises ShardError
+                handed += 1
+                yield arrived.pop(pos)
         finally:
             stream.close()
 
-    def _open(self, piece: Piece, ahead: str | None) -> np.ndarray:
-        """float32 rows [start, stop) of the shard's samples that hold `sample_key`: (n, size)."""
+    def _piece_samples(self, piece: Piece, samples):
+        """The piece's samples in shard order, (key, raw member with `sample_key`); a shard that ends
+        before the piece does is a ShardError."""
+        want = None if piece.keep is None else iter(piece.keep.tolist())
+        wanted = piece.start if want is None else next(want)
+        index = -1
+        for key, parts in samples:
+            data = parts.get(self.sample_key)
+            if data is None:
+                continue
+            index += 1
+            if index < wanted:
+                continue
+            yield key, data
+            if index + 1 >= piece.stop:
+                return
+            wanted = index + 1 if want is None else next(want)
+        raise ShardError(f"holds {index + 1} '{self.sample_key}' samples, the index says "
+                         f"{self.counts[piece.shard]} (run `ae-train index` again)")
+
+    def _open(self, piece: Piece, ahead: str | None) -> tuple[np.ndarray, object]:
+        """float32 rows of the piece's samples that hold `sample_key`: (n, size), and their MemberTable."""
         url = self.urls[piece.shard]
         log.debug(lf.OPENING.template, url, piece.start, piece.stop, self.counts[piece.shard])
         times = self.stage_times
@@ -374,11 +434,11 @@ class ShardBatches(IterableDataset):
         if len(members) < piece.stop:
             raise ShardError(f"holds {len(members)} '{self.sample_key}' samples, the index says "
                              f"{self.counts[piece.shard]} (run `ae-train index` again)")
-        chosen = members[piece.start:piece.stop]
+        chosen = members[piece.start:piece.stop] if piece.keep is None else members.take(piece.keep)
         rows = gather_npy(buf, chosen, chosen.keys, self.spec.size)
         if times is not None:
             times.add("decode", time.perf_counter() - t)
-        return rows
+        return rows, chosen
 
 
 def gather_npy(buf: bytes, members, keys, input_dim: int) -> np.ndarray:

@@ -31,6 +31,10 @@ non_blocking=True)` is a real asynchronous copy; a slot whose views died is then
 event recorded on the current stream has passed (the copy from it was queued before), by a thread,
 so that the rank never blocks on the device.
 
+With `key_bytes` (the sample ledger) each slot has a keys area beside it: the worker writes the
+batch's keys there (NUL-separated UTF-8, its length first) before publishing, and the rank hands out
+the slot's view with them as a KeyedBatch.
+
 Control words (int64, in the mapping): released[w, s] = the last hand-out of slot s the rank is done
 with (the worker counts its own, a slot is free when both agree; -1: still used from an earlier
 epoch), table[w, k] = the slot of the worker's k-th batch (mod slots + 1; -1 end, -2 failed), closed
@@ -55,11 +59,16 @@ import numpy as np
 import torch
 
 from .. import logformat as lf
+from ..batch import KeyedBatch
 
 log = logging.getLogger(__name__)
 PAGE = mmap.PAGESIZE
 END, FAILED = -1, -2
 POLL_S = 0.05  # waits check for closed rings, dead workers and a dead rank this often
+
+
+class KeysTooLong(ValueError):
+    """A batch's keys do not fit the keys area of a slot."""
 
 
 class RingClosed(RuntimeError):
@@ -73,7 +82,7 @@ def _round_up(n: int) -> int:
 class SlotRing:
     """`slots` slots of one batch (`shape`, `dtype`) per worker, in one mapping made before the fork."""
 
-    def __init__(self, workers: int, slots: int, shape: tuple[int, ...], dtype, pin: bool = False):
+    def __init__(self, workers: int, slots: int, shape: tuple[int, ...], dtype, pin: bool = False, key_bytes: int = 0):
         if workers < 1 or slots < 3:
             raise ValueError(f"a ring needs >= 1 worker and >= 3 slots per worker, got {workers} and {slots}")
         self.workers, self.slots = workers, slots
@@ -85,7 +94,10 @@ class SlotRing:
         table_end = n + workers * self._period
         words = table_end + 5 + workers
         self._stride, self._data_at = _round_up(self.slot_bytes), _round_up(words * 8)
-        self.nbytes = self._data_at + n * self._stride
+        self.key_bytes = key_bytes  # keys area per slot (0: batches carry no keys)
+        self._keys_at = self._data_at + n * self._stride
+        self._key_stride = 8 + key_bytes if key_bytes else 0  # a length word, then the keys
+        self.nbytes = self._keys_at + n * self._key_stride
         self._mm = mmap.mmap(-1, self.nbytes)  # anonymous, MAP_SHARED: forked workers write the same pages
         ctrl = np.frombuffer(self._mm, np.int64, words)
         self._released, self._table = ctrl[:n], ctrl[n:table_end].reshape(workers, self._period)
@@ -115,6 +127,21 @@ class SlotRing:
     def slot_array(self, flat: int) -> np.ndarray:
         """A numpy view (B, *shape) of one slot: the worker writes through it."""
         return np.frombuffer(self._mm, self.dtype, self.count, self._offset(flat)).reshape(self.shape)
+
+    def write_keys(self, flat: int, keys: list[str]) -> None:
+        """In a worker: the keys of the batch in slot `flat`, before it is published."""
+        blob = "\0".join(keys).encode()
+        if len(blob) > self.key_bytes:
+            raise KeysTooLong(f"the keys of one batch take {len(blob)} bytes, more than the {self.key_bytes} "
+                              "the ledger keeps per batch (256 per sample)")
+        at = self._keys_at + flat * self._key_stride
+        self._mm[at + 8:at + 8 + len(blob)] = blob
+        self._mm[at:at + 8] = len(blob).to_bytes(8, "little")
+
+    def read_keys(self, flat: int) -> list[str]:
+        at = self._keys_at + flat * self._key_stride
+        n = int.from_bytes(self._mm[at:at + 8], "little")
+        return self._mm[at + 8:at + 8 + n].decode().split("\0")
 
     def writer(self, worker: int) -> "SlotWriter":
         """In a worker: its side of the ring."""
@@ -232,6 +259,14 @@ class SlotRing:
         self._held.append((flat, given))
         return torch.frombuffer(self._views[flat], dtype=self.torch_dtype).view(self.shape)
 
+    def hand_out(self, worker: int, slot: int):
+        """The batch in a worker's slot: a tensor, or with keys a KeyedBatch (keys read before the slot
+        can be given back)."""
+        if not self.key_bytes:
+            return self._hand_out(worker, slot)
+        keys = self.read_keys(worker * self.slots + slot)
+        return KeyedBatch(self._hand_out(worker, slot), keys)
+
     def close(self) -> None:
         """Stop the releaser, unpin; the memory stays until its last view is gone."""
         self._closed[0] = 1
@@ -286,13 +321,16 @@ class SlotWriter:
         self._taken[arr.ctypes.data] = s
         return arr
 
-    def publish(self, batch: np.ndarray) -> None:
-        """Hand `batch` to the rank: its slot when it was filled in place, else a copy into a free one."""
+    def publish(self, batch: np.ndarray, keys: list[str] | None = None) -> None:
+        """Hand `batch` (and its keys) to the rank: its slot when it was filled in place, else a copy
+        into a free one."""
         s = self._taken.pop(batch.ctypes.data, None) if batch.shape == self.ring.shape else None
         if s is None:
             arr = self.take()
             arr[...] = batch
             s = self._taken.pop(arr.ctypes.data)
+        if keys is not None:
+            self.ring.write_keys(self._first + s, keys)
         self._issued[s] += 1
         self._mark(s)
 
@@ -307,12 +345,12 @@ class SlotWriter:
         self._published += 1
         self._ready.release()  # after the slot's data and the table entry
 
-    def feed(self, batches: Iterable[np.ndarray]) -> None:
-        """Publish every batch, then the end mark; a failure mark before an exception propagates
+    def feed(self, batches: Iterable[tuple[np.ndarray, list[str] | None]]) -> None:
+        """Publish every (batch, keys), then the end mark; a failure mark before an exception propagates
         (the DataLoader carries it to the rank with this worker's traceback)."""
         try:
-            for batch in batches:
-                self.publish(batch)
+            for batch, keys in batches:
+                self.publish(batch, keys)
         except RingClosed:
             return  # the rank stopped or left the round: end it quietly
         except BaseException:
@@ -350,7 +388,7 @@ class RingIterator:
             value = self._next_data(worker)
             if value >= 0:
                 self._turn = (self._turn + 1) % len(self._left)
-                return ring._hand_out(worker, value)
+                return ring.hand_out(worker, value)
             del self._left[self._turn]  # the next worker moves into this turn
             self._turn = self._turn % len(self._left) if self._left else 0
             if value == FAILED:

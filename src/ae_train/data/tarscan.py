@@ -91,10 +91,19 @@ def _same_shape(g: Group, h: Group) -> bool:
 
 
 class _Rows:
-    """`n` samples laid out like the first, `stride` bytes apart from `base`: ext -> (offset in a row, sizes)."""
+    """`n` samples laid out like the first, `stride` bytes apart from `base`: ext -> (offset in a row, sizes);
+    `key`: (row offset of the key part, its width, what the key starts with: its directories)."""
 
-    def __init__(self, base: int, stride: int, n: int, slots: dict[str, tuple[int, np.ndarray]]):
-        self.base, self.stride, self.n, self.slots = base, stride, n, slots
+    def __init__(self, base: int, stride: int, n: int, slots: dict[str, tuple[int, np.ndarray]],
+                 key: tuple[int, int, str]):
+        self.base, self.stride, self.n, self.slots, self.key = base, stride, n, slots, key
+
+    def keys(self, rows: np.ndarray) -> list[str]:
+        """The keys of `rows` (indices in this run), sliced out of their headers at once."""
+        rel, width, head = self.key
+        at = self.base + rel + rows.astype(np.int64) * self.stride
+        raw = self._buf[at[:, None] + np.arange(width)]  # (n, width) bytes of each row's key part
+        return [head + k.decode("ascii") for k in raw.view(f"S{width}").ravel().tolist()]
 
 
 _RUN_WORTH = 64  # a vectorized run shorter than this did not pay for its setup
@@ -127,7 +136,10 @@ def _vectorize(buf: bytes, g: Group) -> _Rows | None:
     slots = {}
     for (ext, j), acc in zip(t.members, sizes):
         slots[ext] = (t.heads[j]["rel"] + BLOCK, np.concatenate(acc)[:n])
-    return _Rows(g.base, t.stride, n, slots)
+    rel, width, name = t.names[0]  # the key part is ASCII of the same width in every row (the template's check)
+    rows = _Rows(g.base, t.stride, n, slots, (rel, width, name[:len(name) - width].decode("utf-8")))
+    rows._buf = np.frombuffer(buf, np.uint8)
+    return rows
 
 
 def _scan(buf: bytes) -> list:
@@ -197,8 +209,9 @@ class MemberTable:
     """The `ext` member of each sample that has one, in shard order: offsets and sizes as arrays;
     names and keys are found on demand. `table[i]` is a Member, `table[a:b]` a MemberTable."""
 
-    def __init__(self, buf: bytes, offsets: np.ndarray, sizes: np.ndarray, locate, lo: int = 0):
+    def __init__(self, buf: bytes, offsets: np.ndarray, sizes: np.ndarray, locate, lo: int = 0, keys_at=None):
         self.buf, self.offsets, self.sizes, self._locate, self._lo = buf, offsets, sizes, locate, lo
+        self._keys_at = keys_at  # keys of many table positions at once (sample_table's), or None
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -208,7 +221,7 @@ class MemberTable:
             a, b, step = i.indices(len(self))
             if step != 1:
                 raise ValueError("MemberTable slices take step 1")
-            return MemberTable(self.buf, self.offsets[a:b], self.sizes[a:b], self._locate, self._lo + a)
+            return MemberTable(self.buf, self.offsets[a:b], self.sizes[a:b], self._locate, self._lo + a, self._keys_at)
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
@@ -218,8 +231,21 @@ class MemberTable:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def take(self, indices: np.ndarray) -> "MemberTable":
+        """The members at `indices` (ascending), as a MemberTable."""
+        at = np.asarray(indices, np.int64) + self._lo
+        keys_at = None if self._keys_at is None else (lambda pos: self._keys_at(at[pos]))
+        return MemberTable(self.buf, self.offsets[indices], self.sizes[indices], lambda i: self._locate(int(at[i])),
+                           keys_at=keys_at)
+
     def member(self, i: int) -> Member:
         return self._locate(self._lo + i)[1]
+
+    def keys_at(self, positions) -> list[str]:
+        """The keys of the members at `positions`, in that order (runs of regular samples sliced at once)."""
+        if self._keys_at is None:
+            return [self.key(int(i)) for i in positions]
+        return self._keys_at(np.asarray(positions, np.int64) + self._lo)
 
     def key(self, i: int) -> str:
         return self._locate(self._lo + i)[0]
@@ -286,6 +312,18 @@ def sample_table(buf: bytes, ext: str) -> MemberTable:
             return key, members[ext]
         return part[i - starts[k]]
 
+    def keys_at(positions: np.ndarray) -> list[str]:
+        out: list[str | None] = [None] * len(positions)
+        part_of = np.searchsorted(np.asarray(starts, np.int64), positions, side="right") - 1
+        for k in np.unique(part_of).tolist():
+            where = np.flatnonzero(part_of == k)
+            local = positions[where] - starts[k]
+            part = parts[k]
+            got = part.keys(local) if isinstance(part, _Rows) else [part[i][0] for i in local.tolist()]
+            for w, key in zip(where.tolist(), got):
+                out[w] = key
+        return out
+
     empty = np.zeros(0, np.int64)
     return MemberTable(buf, np.concatenate(offsets) if offsets else empty,
-                       np.concatenate(sizes) if sizes else empty, locate)
+                       np.concatenate(sizes) if sizes else empty, locate, keys_at=keys_at)
