@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON=${PYTHON:-python3}
+for a in "$@"; do  # help: usage and every key; nothing made, nothing started
+  case "$a" in -h|--help) echo "usage: ./train_ae.sh [--config FILE] [--key=value ...]   (ae-train fit with --debug=true --resume=auto; the demo without --config)"; echo; exec "$PYTHON" -m ae_train fit --help ;; esac
+done
 args=("$@")
 has_config=0
 for a in "$@"; do case "$a" in --config|--config=*) has_config=1 ;; esac; done

@@ -243,6 +243,7 @@ class ElasticRuns:
     after_first: tuple[int, list[str]]  # last.ckpt's global step and the checkpoint files after it
     stopped: tuple[str, int]  # (console, exit code) of the run continued to 5 epochs, SIGTERM inside epoch 3
     refused: subprocess.CompletedProcess  # the mid-epoch resume with another batch size
+    other_model: subprocess.CompletedProcess  # a resume whose config builds another model
     resumed: Run  # --resume=auto on 1 rank x 1 worker, to the end of epoch 4
     resumed_wall: float  # seconds the resumed run took, start to exit
     nothing: subprocess.CompletedProcess  # --resume=auto once more: nothing left to train
@@ -273,9 +274,12 @@ def elastic_runs(tmp_path_factory) -> ElasticRuns:
             f"--model.input_dim={DIM}", "--model.latent_dim=4", "--model.hidden_dims=32", *flags, "--resume=auto"]
     refused = subprocess.run([*base, "--trainer.devices=1", "--trainer.max_epochs=5", "--data.batch_size=16"],
                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+    other_model = subprocess.run([*base, "--trainer.devices=1", "--trainer.max_epochs=5", "--model.latent_dim=6"],
+                                 capture_output=True, text=True, timeout=60, cwd=ROOT)
     t0 = time.monotonic()
     resumed = fit(out, *flags, "--trainer.devices=1", "--data.num_workers=1", "--trainer.max_epochs=5", "--resume=auto")
     wall = time.monotonic() - t0
     nothing = subprocess.run([*base, "--trainer.devices=1", "--trainer.max_epochs=5"], capture_output=True, text=True,
                              timeout=60, cwd=ROOT)
-    return ElasticRuns(out, tmp / "d", first, after_first, (console, proc.returncode), refused, resumed, wall, nothing)
+    return ElasticRuns(out, tmp / "d", first, after_first, (console, proc.returncode), refused, other_model, resumed,
+                       wall, nothing)

@@ -90,3 +90,24 @@ def test_cli_make_shards_and_index(tmp_path):
 def test_cli_config_help_lists_every_key():
     r = ae_train("config", "--help")
     assert r.returncode == 0 and "--data.train_shards=" in r.stdout and "--log.val_every=20" in r.stdout
+
+
+@pytest.mark.parametrize("command", [["fit", "--help"], ["fit", "-h"], ["train_ae.sh", "--help"],
+                                     ["bench-data", "--help"], ["config", "--help"]])
+def test_cli_help_names_the_keys_and_writes_nothing(tmp_path, command):
+    env = dict(os.environ, AE_DEMO_DATA=str(tmp_path / "demo"))  # where train_ae.sh would make the demo data
+    cmd = [str(ROOT / "train_ae.sh"), *command[1:]] if command[0] == "train_ae.sh" else \
+        [sys.executable, "-m", "ae_train", *command, "--output_dir", str(tmp_path / "out")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert r.returncode == ExitCode.OK and r.stderr == "", r.stderr
+    assert r.stdout.startswith("usage: ") and "--config" in r.stdout
+    assert "--data.train_shards=" in r.stdout and "--log.sample_ledger=" in r.stdout
+    assert "\ndata:\n" in r.stdout  # grouped by section
+    assert list(tmp_path.iterdir()) == [], "help writes nothing"
+
+
+@pytest.mark.parametrize("command", ["encode", "evaluate", "export"])
+def test_cli_help_of_the_model_commands(tmp_path, command):
+    r = ae_train(command, "--help", cwd=tmp_path)
+    assert r.returncode == ExitCode.OK and r.stdout.startswith(f"usage: ae-train {command}") and "--ckpt" in r.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -136,7 +136,7 @@ def test_diagnose_speed_debug_off_uses_the_epoch_summary(logs):
     for rl in rls:
         rl.start(lf.TRAINING % 0)
         rl.end(lf.TRAINING % 0, 8, 1.23)
-    train_log(logs, [(T0 + 5, "INFO", lf.RANK_TAG % (0, 2), lf.EPOCH_TRAIN, 0, 0.1, 8, 1.23, 9756, 0,
+    train_log(logs, [(T0 + 5, "INFO", lf.RANK_TAG % (0, 2), lf.EPOCH_TRAIN, 0, 0.1, 8, 1.23, 9756, 0, "",
                       lf.SPLIT_TWO % (1, split(2, 64, 20)[0], 0, split(2, 21, 63)[0]))])
     rep = diagnose_run(logs, now=NOW)
     f = finding(rep, "compute_straggler")

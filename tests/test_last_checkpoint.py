@@ -46,3 +46,11 @@ def test_last_checkpoint_a_finished_run_says_so_in_one_line(elastic_runs):
         "ae-train: Nothing to train: the checkpoint is at the end of epoch 4 and trainer.max_epochs is 5; to train "
         "on, pass a larger trainer.max_epochs (e.g. --trainer.max_epochs=10)"]
     assert r.nothing.stderr == ""
+
+
+def test_last_checkpoint_resumed_into_another_model_is_one_line(elastic_runs):
+    r = elastic_runs.other_model
+    assert r.returncode == ExitCode.BAD_INPUT and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        f"ae-train: error: resume: {elastic_runs.out}/checkpoints/last.ckpt holds a model with model.latent_dim=4; "
+        "this run's config has 6: resume with --model.latent_dim=4, or start afresh with another --output_dir"]

@@ -33,8 +33,6 @@ USAGE = "usage: ae-train bench-data --config FILE [--key=value ...] [--seconds=S
 
 
 def _parse(args: list[str]) -> tuple[str | None, list[str], float, str | None]:
-    if "-h" in args or "--help" in args:
-        raise ConfigError(USAGE)
     path, rest = split_config_arg(args)
     seconds, overrides, device = 20.0, [], None
     for a in rest:
@@ -136,6 +134,12 @@ def train_steps(cfg, split, seconds: float, device: str) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        from .config import keys_help
+
+        about = __doc__.strip().split("\n\n", 2)[2]  # after the title and the usage line
+        print(f"{USAGE}\n\n{about}\n\nThe config's keys (the data.* ones matter here):\n\n{keys_help()}")
+        return 0
     path, overrides, seconds, device = _parse(argv)
     cfg = load_config(path, overrides)
     from . import logs

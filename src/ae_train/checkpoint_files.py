@@ -124,6 +124,7 @@ class Progress:
     epochs_done: int  # epochs whose training part finished
     batches_done: int  # batches of the epoch under way trained, per rank
     order: dict | None  # the DataModule's state: the epoch's data order (data/resume.py), if any
+    hparams: dict | None = None  # the model's hyperparameters (its shape: arch, widths, input)
 
 
 def read_progress(path: str | Path) -> Progress | None:
@@ -135,9 +136,10 @@ def read_progress(path: str | Path) -> Progress | None:
         loop = ckpt["loops"]["fit_loop"]
         epochs = loop["epoch_progress"]["current"]
         batches = loop["epoch_loop.batch_progress"]["current"]
-        order = ckpt.get("ShardDataModule")
+        order, hparams = ckpt.get("ShardDataModule"), ckpt.get("hyper_parameters")
         return Progress(int(ckpt["epoch"]), int(ckpt["global_step"]), int(epochs["processed"]),
-                        int(batches["completed"]), order if isinstance(order, dict) and order else None)
+                        int(batches["completed"]), order if isinstance(order, dict) and order else None,
+                        dict(hparams) if isinstance(hparams, dict) else None)
     except (OSError, zipfile.BadZipFile, StopIteration, KeyError, TypeError, ValueError, pickle.UnpicklingError,
             EOFError, AttributeError):
         return None

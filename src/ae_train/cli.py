@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from .config import ConfigError, field_docs, load_config, split_config_arg, to_yaml
+from .config import ConfigError, keys_help, load_config, split_config_arg, to_yaml
 from .exitcodes import ExitCode, exit_process
 
 USAGE = """usage: ae-train <command> [args]
@@ -38,7 +38,27 @@ def _is_rank() -> bool:
         and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
 
 
+FIT_USAGE = """usage: ae-train fit [--config FILE] [--key=value ...]
+
+Train an autoencoder: the config and the data are checked first (one `ae-train: error:` line on bad
+input), then one rank starts per device (every GPU, or 2 CPU ranks without one). Keys come from the
+defaults, then --config FILE (YAML), then --key=value flags (later flags win); `ae-train config`
+prints the resolved config. ./train_ae.sh runs this with --debug=true --resume=auto (and the demo
+data when no --config is given). Logs: <output_dir>/logs/ (docs/LOGGING.md).
+
+"""
+
+
+def wants_help(args: list[str]) -> bool:
+    return "--help" in args or "-h" in args
+
+
 def cmd_fit(args: list[str]) -> int:
+    if wants_help(args):
+        from .lightning_args import describe
+
+        print(FIT_USAGE + keys_help() + "\n" + describe())
+        return ExitCode.OK
     path, overrides = split_config_arg(args)
     cfg = load_config(path, overrides)
     if _is_rank():
@@ -49,13 +69,11 @@ def cmd_fit(args: list[str]) -> int:
 
 
 def cmd_config(args: list[str]) -> int:
-    if "--help" in args or "-h" in args:
+    if wants_help(args):
         from .lightning_args import describe
 
-        for key, doc, default in field_docs():
-            if key != "trainer.extra":
-                print(f"--{key}={default!r}\n    {doc}")
-        print(describe())
+        print("usage: ae-train config [--config FILE] [--key=value ...]   (prints the resolved config as YAML)\n")
+        print(keys_help() + "\n" + describe())
         return ExitCode.OK
     path, overrides = split_config_arg(args)
     print(to_yaml(load_config(path, overrides)), end="")
@@ -197,4 +215,9 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """`ae-train` and `python -m ae_train`: main(), then an exit without the interpreter's teardown of
     torch and Lightning (~0.9 s per process, at the end of every rank and command; see exit_process)."""
-    exit_process(main())
+    try:
+        code = main()
+    except BrokenPipeError:  # `ae-train config --help | head`: the reader left, nothing to say
+        sys.stdout = None
+        code = ExitCode.OK
+    exit_process(code)

@@ -428,3 +428,20 @@ def field_docs() -> list[tuple[str, str, Any]]:
     walk(Config(), "")
     return out
 
+
+
+def keys_help() -> str:
+    """Every key with its default and meaning, grouped by section (the --help of fit, config and bench-data)."""
+    import textwrap
+
+    lines, section = [], None
+    for key, doc, default in field_docs():
+        if key == "trainer.extra":
+            continue
+        head = key.split(".", 1)[0] if "." in key else ""
+        if head != section:
+            section = head
+            lines.append(f"\n{head or 'run'}:")
+        lines.append(f"  --{key}={default!r}")
+        lines += textwrap.wrap(doc, width=100, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines).lstrip("\n") + "\n"

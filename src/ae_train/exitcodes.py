@@ -16,12 +16,14 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2  # one `ae-train: error:` line: a config key, a flag, a file the user named
     SHARD_ERRORS = 3  # ranks stopped the run together: more unreadable shards than data.max_shard_errors
     CHECKPOINT_WRITE_FAILED = 4  # ranks stopped the run together: a checkpoint could not be written
+    NON_FINITE = 5  # ranks stopped the run together: a NaN or inf loss (or weights), nothing saved from it
 
 
 # Ranks that stop the run on purpose, together, after saying why in an ERROR line: the launcher
 # waits for the others and exits with the same code.
 STOPPED_ON_PURPOSE = {ExitCode.SHARD_ERRORS: "too many unreadable shards",
-                      ExitCode.CHECKPOINT_WRITE_FAILED: "a checkpoint could not be written"}
+                      ExitCode.CHECKPOINT_WRITE_FAILED: "a checkpoint could not be written",
+                      ExitCode.NON_FINITE: "a non-finite loss"}
 
 
 def stopped_by(signum: int) -> int:

@@ -137,6 +137,34 @@ def _nothing_to_train(cfg: Config, progress: checkpoint_files.Progress | None) -
     return bool(said)
 
 
+# The model keys that make a checkpoint's weights fit a model (AutoEncoder's hyperparameters of the same names).
+MODEL_SHAPE = ("arch", "input_dim", "input_shape", "latent_dim", "hidden_dims", "conv_channels", "activation")
+
+
+def _check_model_fits(cfg: Config, ckpt: str, progress: checkpoint_files.Progress | None) -> None:
+    """The checkpoint's weights fit the model this config builds (after the data set its input)."""
+    hp = progress.hparams if progress is not None else None
+    if not hp:
+        return
+    keys = [k for k in MODEL_SHAPE if k in hp and not (k == "hidden_dims" and cfg.model.arch == "conv")
+            and not (k == "conv_channels" and cfg.model.arch == "mlp")]
+    differ = [k for k in keys if _plain(hp[k]) != _plain(getattr(cfg.model, k))]
+    if differ:
+        was = ", ".join(f"model.{k}={_plain(hp[k])}" for k in differ)
+        now = ", ".join(f"{_plain(getattr(cfg.model, k))}" for k in differ)
+        flags = " ".join(f"--model.{k}={_flag(hp[k])}" for k in differ)
+        raise ConfigError(f"resume: {ckpt} holds a model with {was}; this run's config has {now}: resume with {flags}, "
+                          "or start afresh with another --output_dir")
+
+
+def _plain(value):
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _flag(value) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
 def _check_epoch_goes_on(cfg: Config, ckpt: str, progress: checkpoint_files.Progress | None,
                          facts: splits.DataFacts) -> None:
     """A checkpoint inside an epoch goes on in that epoch's data order: the batch size and the shards must
@@ -162,6 +190,7 @@ def _slow_checks(cfg: Config, run: RunDir, listed: dict[str, list[str]], ts: str
     try:
         with LauncherWatchdog(cfg.log.hang_timeout_s):
             facts = _resolve_data(cfg, run, listed)
+            _check_model_fits(cfg, ckpt, progress)
             _check_epoch_goes_on(cfg, ckpt, progress, facts)
             # A callback or logger that cannot be built (a bad argument): one line here, not in every rank.
             lightning_args.build(cfg.trainer.callbacks, "trainer.callbacks")

@@ -72,8 +72,8 @@ SPLIT = re.compile(r"data wait (\d+(?:\.\d+)?)%(?:, forward (\d+(?:\.\d+)?)%, ba
 RATE = re.compile(r"(\d+(?:\.\d+)?) samples/s")
 VAL_STEP = Message("Validation step %d, loss=%.6f (epoch %d)", (20, 0.105, 0),
                    re.compile(rb"Validation step (\d+), loss=([^ ,]+)(?: \(epoch (\d+)\))?"))
-EPOCH_TRAIN = Message("Epoch %d train: loss=%.6f batches=%d time=%.2fs samples/s=%.0f shard_errors=%d (all ranks)%s",
-                      (0, 0.0123, 15, 1.23, 9756, 0, "; time split slowest rank 1: data wait 67.6%, forward 28.1%, "
+EPOCH_TRAIN = Message("Epoch %d train: loss=%.6f batches=%d time=%.2fs samples/s=%.0f shard_errors=%d%s (all ranks)%s",
+                      (0, 0.0123, 15, 1.23, 9756, 0, "", "; time split slowest rank 1: data wait 67.6%, forward 28.1%, "
                        "backward 3.0%, optimizer 1.1%, other 0.2%; fastest rank 0: data wait 3.6%, forward 28.4%, "
                        "backward 66.6%, optimizer 1.1%, other 0.2%"),
                       re.compile(r"Epoch (\d+) train: .*; time split (?:slowest )?rank (\d+): ([^;]*)"
@@ -81,8 +81,9 @@ EPOCH_TRAIN = Message("Epoch %d train: loss=%.6f batches=%d time=%.2fs samples/s
 SPLIT_ONE = "; time split rank %d: %s"
 SPLIT_TWO = "; time split slowest rank %d: %s; fastest rank %d: %s"
 EPOCH_SPLIT_MARK = b"; time split "
-EPOCH_VAL = Message("Epoch %d val: loss=%.6f batches=%d shard_errors=%d", (0, 0.0105, 3, 0),
+EPOCH_VAL = Message("Epoch %d val: loss=%.6f batches=%d shard_errors=%d%s", (0, 0.0105, 3, 0, ""),
                     re.compile(rb"Epoch (\d+) val: "))
+NONFINITE_PART = " nonfinite_samples=%d"  # in an epoch summary after shard_errors, when samples were left out
 SAVING = Message("Saving checkpoint %s", ("/out/checkpoints/last.ckpt",), re.compile(rb"Saving checkpoint (.*)"))
 SAVED = Message("Saved checkpoint %s in %.2fs", ("/out/checkpoints/last.ckpt", 0.05), re.compile(rb"Saved checkpoint "))
 LEDGER_AT = Message("Sample ledger: %s", ("/out/logs/samples_rank0_20261129_050102.tsv",),
@@ -93,6 +94,17 @@ NOTHING_TO_TRAIN = Message("Nothing to train: the checkpoint is at the end of ep
 NOTHING_TO_TRAIN_STEPS = Message("Nothing to train: the checkpoint is at step %d and trainer.max_steps is %d; to train "
                                  "on, pass a larger trainer.max_steps (e.g. --trainer.max_steps=%d)", (400, 400, 800),
                                  NOTHING_TO_TRAIN.pattern, doc_cut="to train on, ")
+NONFINITE_LOSS = Message("Non-finite loss %s at epoch %d step %d (batch %d of the epoch) on rank %d; its batch: %s; stopping "
+                         "every rank, no checkpoint is written from these weights",
+                         (float("nan"), 3, 1204, 56, 1, "8 samples from /data/train-000004.tar (5), /data/train-000001.tar"
+                          " (3); keys train000004_000001789, ..."),
+                         re.compile(rb"Non-finite loss (\S+) at epoch (\d+) step (\d+) \(batch (\d+) of the epoch\) on rank "
+                                    rb"(\d+); its batch: (.*?); stopping every rank"), doc_cut="its batch: ")
+NONFINITE_ELSEWHERE = Message("Stopping: rank %d had a non-finite loss at step %d (its ERROR line names the batch)", (1, 1204),
+                              re.compile(rb"Stopping: rank (\d+) had a non-finite loss at step (\d+)"))
+NONFINITE_WEIGHTS = Message("Non-finite weights at epoch %d step %d (the losses were finite); stopping every rank, no "
+                            "checkpoint is written from these weights", (3, 1204),
+                            re.compile(rb"Non-finite weights at epoch (\d+) step (\d+)"))
 FINISHED_RUN = Message("Training finished: %d epochs in %.1fs", (3, 35.2), re.compile(rb"Training finished"))
 
 # ---- hang watchdog and stack dumps ----
@@ -134,6 +146,9 @@ PADDING = Message("%s: worker read %d of %d planned samples; padding %d batch(es
                   "equal across ranks", ("train_shards", 80, 120, 5),
                   re.compile(rb"(\S+): worker read (\d+) of (\d+) planned samples; padding (\d+) batch"),
                   doc_cut="batch(es) ")
+NONFINITE_SAMPLE = Message("Sample %s of shard %s holds NaN or inf; left out (a repeat of %s takes its place)",
+                           ("train000004_000001789", "/data/train-000004.tar", "train000004_000001790"),
+                           re.compile(rb"Sample (\S+) of shard (.+?) holds NaN or inf; left out"))
 RESUME_SKIP = Message("Resuming mid-epoch %d: skipping the %d batch(es) of this worker already trained", (1, 11),
                       re.compile(rb"Resuming mid-epoch (\d+): skipping the (\d+) batch"))
 ELASTIC_RESUME = Message("Resuming epoch %d after its batch %d on another world: it was planned for %s, this run has %s; "

@@ -67,6 +67,14 @@ class _StampFilter(logging.Filter):
         return True
 
 
+class _NoiseFilter(logging.Filter):
+    """Lightning's advertising ("💡 Tip: ... litlogger / litmodels") is no run's news: kept out of every log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith(("pytorch_lightning", "lightning")) and isinstance(record.msg, str)
+                    and record.msg.startswith("💡 Tip:"))
+
+
 class _TrainLogFilter(logging.Filter):
     """Train log: every rank's WARNING+, and rank 0's own INFO (config, summaries, checkpoints)."""
 
@@ -186,7 +194,7 @@ class _OneLineFormatter(logging.Formatter):
 def _handler(h: logging.Handler, level: int, *filters: logging.Filter) -> logging.Handler:
     h.setLevel(level)
     h.setFormatter(_OneLineFormatter(FORMAT) if isinstance(h, _ConsoleHandler) else logging.Formatter(FORMAT))
-    for f in (_StampFilter(), *filters):
+    for f in (_StampFilter(), _NoiseFilter(), *filters):
         h.addFilter(f)
     return h
 

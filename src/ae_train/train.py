@@ -22,6 +22,7 @@ from .callbacks.checkpoint import LoggedModelCheckpoint
 from .callbacks.debug import DebugCallback
 from .callbacks.last_checkpoint import LastCheckpoint
 from .callbacks.ledger import SampleLedger
+from .callbacks.nonfinite import NonFiniteGuard, NonFiniteLoss
 from .callbacks.preemption import PreemptionCallback
 from .callbacks.progress import ConsoleProgressBar, console_is_terminal
 from .callbacks.shard_errors import ShardErrorLimit, TooManyShardErrors
@@ -42,6 +43,8 @@ from .rundir import METRICS, TENSORBOARD, RunDir
 log = logging.getLogger(__name__)
 # Lightning's own use of a deprecated torch API, once per rank and fit: noise in every train log.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+# Expected on every resume: the checkpoints of this run are in checkpoints/ (a fresh run into them is refused).
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def cluster_environment(cfg: Config):
@@ -183,6 +186,7 @@ def main(cfg: Config) -> int:
     preemption = PreemptionCallback(ckpt_dir)
     callbacks = [
         *lightning_args.build(cfg.trainer.callbacks, "trainer.callbacks"),
+        NonFiniteGuard(cfg.log.train_every),  # first of ours: a NaN loss stops the run before anything logs or saves it
         shard_errors,
         EpochSummary(shard_errors),
         preemption,
@@ -243,5 +247,7 @@ def main(cfg: Config) -> int:
     except TooManyShardErrors as e:
         log.error(lf.STOPPING.template, e)
         return ExitCode.SHARD_ERRORS
+    except NonFiniteLoss:  # raised on every rank at the same point; the rank that had it logged the ERROR
+        return ExitCode.NON_FINITE
     log.info(lf.FINISHED_RUN.template, trainer.current_epoch, time.perf_counter() - t0, extra=logs.CONSOLE)
     return ExitCode.OK

@@ -3,7 +3,9 @@
 Workers skip a broken shard and pad so batch counts stay equal; this callback adds up the skips of
 all ranks at the end of each training and validation epoch (one all-reduce, the same point on every
 rank) and raises TooManyShardErrors on every rank at once when the count passes
-`data.max_shard_errors` (a fraction of the split's shards when below 1, else a count).
+`data.max_shard_errors` (a fraction of the split's shards when below 1, else a count). The samples
+left out for NaN/inf (data/screen.py) are added up in the same all-reduce, for the epoch summary;
+they do not count against the limit.
 """
 from __future__ import annotations
 
@@ -30,13 +32,16 @@ class ShardErrorLimit(Callback):
             raise ValueError(f"max_shard_errors must be >= 0, got {max_shard_errors}")
         self.max_shard_errors = max_shard_errors
         self.last: dict[str, int] = {}  # split name -> shard errors of its latest epoch, all ranks
+        self.nonfinite: dict[str, int] = {}  # split name -> samples left out for NaN/inf in it, all ranks
 
     def _check(self, trainer: pl.Trainer, dataset, what: str) -> None:
         if dataset is None:
             return
-        local = dataset.errors.value + getattr(dataset, "plan_errors", 0) * (trainer.global_rank == 0)
-        total = int(trainer.strategy.reduce(torch.tensor(local, dtype=torch.float64), reduce_op="sum"))
-        self.last[dataset.name] = total
+        local = [dataset.errors.value + getattr(dataset, "plan_errors", 0) * (trainer.global_rank == 0),
+                 dataset.nonfinite.value]
+        total, nonfinite = (int(v) for v in trainer.strategy.reduce(torch.tensor(local, dtype=torch.float64),
+                                                                     reduce_op="sum").tolist())
+        self.last[dataset.name], self.nonfinite[dataset.name] = total, nonfinite
         limit = error_limit(self.max_shard_errors, len(dataset.urls))
         if total and trainer.is_global_zero:
             log.warning(lf.SHARD_ERRORS_EPOCH.template, trainer.current_epoch, what, total, len(dataset.urls),

@@ -66,7 +66,8 @@ class EpochSummary(Callback):
         loss = _metric(trainer, "val_loss")  # every rank reads: the first read may be a collective
         if trainer.is_global_zero:
             log.info(lf.EPOCH_VAL.template, trainer.current_epoch, loss,
-                     sum(trainer.num_val_batches), self._errors("val_shards"), extra=CONSOLE)
+                     sum(trainer.num_val_batches), self._errors("val_shards"), self._nonfinite("val_shards"),
+                     extra=CONSOLE)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -76,19 +77,26 @@ class EpochSummary(Callback):
             return
         elapsed = max(1e-9, self._t_last - self._t0)
         log.info(lf.EPOCH_TRAIN.template, trainer.current_epoch, loss, trainer.num_training_batches, elapsed,
-                 self._samples * trainer.world_size / elapsed, self._errors("train_shards"), _split_text(splits),
-                 extra=CONSOLE)
+                 self._samples * trainer.world_size / elapsed, self._errors("train_shards"),
+                 self._nonfinite("train_shards"), _split_text(splits), extra=CONSOLE)
 
     def _gather_splits(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[list[float]]:
         """Every rank's epoch split in seconds, [rank][part]; one all_gather of len(PARTS) floats per rank."""
         mine = self._debug.split.epoch_seconds() if self._debug else [float("nan")] * len(PARTS)
         if trainer.world_size == 1:
             return [mine]
-        t = pl_module.all_gather(torch.tensor(mine, dtype=torch.float32, device=pl_module.device))
-        return t.reshape(-1, len(PARTS)).tolist()  # once per epoch: a read from the device is fine here
+        t = torch.tensor(mine, dtype=torch.float32, device=pl_module.device)
+        out = [torch.empty_like(t) for _ in range(trainer.world_size)]
+        torch.distributed.all_gather(out, t)  # the plain collective (Lightning's all_gather path is deprecated in torch)
+        return torch.stack(out).tolist()  # once per epoch: a read from the device is fine here
 
     def _errors(self, split: str) -> int:
         return self.shard_errors.last.get(split, 0) if self.shard_errors else 0
+
+    def _nonfinite(self, split: str) -> str:
+        """` nonfinite_samples=N` when samples of the split were left out for NaN/inf this epoch, else ``."""
+        n = self.shard_errors.nonfinite.get(split, 0) if self.shard_errors else 0
+        return lf.NONFINITE_PART % n if n else ""
 
 
 def _split_text(splits: list[list[float]]) -> str:

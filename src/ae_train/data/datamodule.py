@@ -61,7 +61,10 @@ class ShardDataModule(pl.LightningDataModule):
         return self.train_set.order_state().to_dict() if self.train_set is not None else {}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._resumed = OrderState.from_dict(state_dict) if state_dict else None
+        try:
+            self._resumed = OrderState.from_dict(state_dict) if state_dict else None
+        except (KeyError, TypeError, ValueError):  # another version's state: the epoch goes on as Lightning restores it
+            self._resumed = None
 
     def setup(self, stage: str) -> None:
         if self._reported:
@@ -190,6 +193,14 @@ class EpochDataLoader(DataLoader):
             weakref.finalize(self, self.ring.stop_workers, it.inner)  # when the loader goes, so do they
         it.loader = self  # not before its last round is read
         return it
+
+    def state_dict(self) -> dict:
+        """Lightning keeps this in checkpoints for a loader that can resume inside an epoch, as this one can:
+        the position is Lightning's own batch count and the data order the DataModule's state (resume.py)."""
+        return {"epoch": self.dataset.epoch, "batches": len(self.dataset)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass  # nothing of its own to restore (see state_dict)
 
     def close(self) -> None:
         """Stop the workers that serve the ring (idle between epochs)."""

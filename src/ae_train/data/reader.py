@@ -37,6 +37,7 @@ from .npyrows import npy_rows, uniform_npy_rows
 from .order import piece_order, worker_rng
 from .plan import EpochPlan, Piece
 from .resume import OrderState, Planner, Segment, shards_digest
+from .screen import bad_rows, finite, replace
 from .shards import reason
 from .stream import open_samples
 from .tario import ShardError, npy_layout, read_shard_ahead
@@ -54,20 +55,30 @@ class NoReadableSamples(RuntimeError):
 
 class _Batcher:
     """Fills preallocated batches slot by slot (rows in blocks, members one by one). Yields
-    (batch, keys) pairs: keys is the list of the samples' keys with `keys`, else None."""
+    (batch, keys) pairs: keys is the list of the samples' keys with `keys`, else None. With `screen`
+    (float data) a batch filled member by member is checked for NaN/inf as it completes (screen.py);
+    the keys and shards of its rows are kept for naming a bad one."""
 
-    def __init__(self, spec: SampleSpec, batch_size: int, new=None, times=None, keys: bool = False):
+    def __init__(self, spec: SampleSpec, batch_size: int, new=None, times=None, keys: bool = False, screen=None):
         self.spec, self.batch_size, self.times = spec, batch_size, times
         self._new = new or (lambda: np.empty((batch_size, *spec.shape), spec.dtype))
         self.cur: np.ndarray | None = None  # taken when its first sample comes: a ring slot only while filled
         self.fill = 0
-        self.keys: list[str] | None = [] if keys else None  # keys of the samples in `cur`
+        self.ship, self.screen = keys, screen
+        self.keys: list | None = [] if keys or screen else None  # keys of the samples in `cur`
+        self.urls: list | None = [] if screen else None  # their shards
+        self.url = ""  # the shard of the members being added
 
     def _full(self) -> tuple[np.ndarray, list[str] | None]:
-        out, keys, self.cur, self.fill = self.cur, self.keys, None, 0
+        out, keys = self.cur, self.keys
+        if self.screen is not None and not finite(out):
+            self.screen(out, keys, self.urls)
+        self.cur, self.fill = None, 0
         if keys is not None:
             self.keys = []
-        return out, keys
+        if self.urls is not None:
+            self.urls = []
+        return out, keys if self.ship else None
 
     def add_rows(self, rows: np.ndarray, keys=None):
         """Copy rows (n, size) into batches (`keys`: a sequence of their keys, with `keys` on); yields
@@ -79,7 +90,9 @@ class _Batcher:
             take = min(self.batch_size - self.fill, len(rows) - pos)
             self.cur.reshape(self.batch_size, -1)[self.fill:self.fill + take] = rows[pos:pos + take]
             if self.keys is not None:
-                self.keys.extend(keys[pos:pos + take])
+                self.keys.extend(keys[pos:pos + take] if keys is not None else [None] * take)
+            if self.urls is not None:
+                self.urls.extend([self.url] * take)
             self.fill += take
             pos += take
             if self.fill == self.batch_size:
@@ -97,6 +110,8 @@ class _Batcher:
             raise ShardError(f"sample {key}: {e}") from None
         if self.keys is not None:
             self.keys.append(key)
+        if self.urls is not None:
+            self.urls.append(self.url)
         self.fill += 1
         if self.fill == self.batch_size:
             yield self._full()
@@ -120,7 +135,7 @@ class ShardBatches(IterableDataset):
     def __init__(self, urls: list[str], counts: list[int], name: str, sample_key: str, spec: SampleSpec | int,
                  batch_size: int, num_workers: int, rank: int, world: int, seed: int, shuffle: bool, epoch: int = 0,
                  buffer_bytes: int = DEFAULT_BUFFER_BYTES, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-                 stage_times=None, keys: bool = False):
+                 stage_times=None, keys: bool = False, screen: bool = True):
         super().__init__()
         self.urls, self.counts, self.name = urls, counts, name
         # An int is the old form: vectors of that length from .npy members.
@@ -137,8 +152,11 @@ class ShardBatches(IterableDataset):
         self.segments = [self.now]
         self.plan: EpochPlan = self.planner.epoch_plan(self.now, epoch)
         self.resume_state: OrderState | None = None  # a checkpoint's data order, used once (resume.py)
-        # Shard errors of this epoch, summed over this rank's workers (forked workers share it).
+        # Shard errors and samples left out for NaN/inf of this epoch, summed over this rank's workers
+        # (forked workers share them).
         self.errors = multiprocessing.Value("i", 0)
+        self.nonfinite = multiprocessing.Value("i", 0)
+        self._screen = screen and self.spec.dtype == "float32"  # NaN/inf samples left out; uint8 images hold none
         self.plan_errors = 0  # shards found broken when counted (set by the DataModule)
         self.skip_batches = 0  # batches of this epoch's last segment already trained (a mid-epoch resume)
         # Set by EpochDataLoader before the workers fork: workers fill its slots and yield Slots (ring.py).
@@ -173,13 +191,24 @@ class ShardBatches(IterableDataset):
                 if done < len(self):  # (a resume at an epoch's end reads nothing of it)
                     self._announce()
             skip = done - self.segments[-1].start
-        with self.errors.get_lock():
-            self.errors.value = 0
+        for count in (self.errors, self.nonfinite):
+            with count.get_lock():
+                count.value = 0
         return skip
 
     def _announce(self) -> None:
         log.info(lf.EQUALIZED.template, self.name, self.epoch, self.now.world, self.plan.batches_per_rank,
                  self.batch_size, self.plan.dropped, self.plan.padded)
+
+    def batch_samples(self, batch: int) -> list[tuple[str, int]]:
+        """(shard URL, sample index) of each row of this rank's epoch batch `batch`, as the plan has it (a
+        read error or a NaN sample replaced since may have changed some)."""
+        seg, bs = self.segments[-1], self.batch_size
+        j = batch - seg.start
+        worker, m = j % seg.workers, j // seg.workers  # batch j of the epoch came from worker j % K
+        pieces = self.plan.workers[self.rank][worker].pieces
+        seq = self.planner.emission(pieces, seg, self.epoch, self.rank, worker, len(self.segments) - 1, (m + 1) * bs)
+        return [(self.urls[shard], index) for shard, index in seq[m * bs:]]
 
     def _plan_for(self, epoch: int) -> None:
         """In a worker that serves several epochs: the plan of `epoch` (the rank announced it)."""
@@ -259,7 +288,8 @@ class ShardBatches(IterableDataset):
         seg = self.segments[-1]
         rng = worker_rng(seg.seed, self.epoch, self.rank, worker, len(self.segments) - 1)
         t0, tally = time.perf_counter(), _Tally(wp.batches)
-        batcher = _Batcher(self.spec, self.batch_size, self._new_batch, self.stage_times, self.keys)
+        batcher = _Batcher(self.spec, self.batch_size, self._new_batch, self.stage_times, self.keys,
+                           self._screen_members if self._screen else None)
         for k, piece in enumerate(wp.pieces):
             whole = self.planner.whole(piece.shard, seg)
             order = piece_order(len(piece), rng, whole, seg.shuffle, seg.shuffle_buffer)  # before any read
@@ -277,6 +307,7 @@ class ShardBatches(IterableDataset):
                        batcher: "_Batcher", tally: "_Tally"):
         """The batches completed by one shard piece; a read error is reported (once per shard) and ends it."""
         url, t_shard, read = self.urls[piece.shard], time.perf_counter(), [0]
+        batcher.url = url
         try:
             batches = self._fast_piece(piece, order, following, batcher, tally.left, read) if whole \
                 else self._streamed_piece(piece, order, batcher, tally, read)
@@ -300,9 +331,9 @@ class ShardBatches(IterableDataset):
         """The fast path: the piece's rows gathered from the whole shard in memory (the next one read ahead)."""
         seg = self.segments[-1]
         ahead = self.urls[following] if following not in (None, piece.shard) else None
-        rows, keys = self._open(piece, ahead if ahead and self.planner.whole(following, seg) else None)
+        rows, table = self._open(piece, ahead if ahead and self.planner.whole(following, seg) else None)
         read[0] = len(rows)
-        yield from self._gathered(rows, keys, order, batcher, limit)
+        yield from self._gathered(rows, table, order, batcher, limit, self.urls[piece.shard])
 
     def _streamed_piece(self, piece: Piece, order: np.ndarray, batcher: "_Batcher", tally: "_Tally", read: list):
         """Any other shard: raw members streamed in the piece's order, each decoded into the batch being filled."""
@@ -312,15 +343,16 @@ class ShardBatches(IterableDataset):
             if tally.left == 0:
                 break
 
-    def _gathered(self, rows: np.ndarray, keys, order: np.ndarray, batcher: _Batcher, limit: int):
+    def _gathered(self, rows: np.ndarray, table, order: np.ndarray, batcher: _Batcher, limit: int, url: str = ""):
         """Batches of `rows` (n, size) in `order`, at most `limit`: the partial batch left by the previous
-        shard is topped up first, then each whole batch is one fancy-index gather (one copy). `keys`:
-        the rows' member table (their keys, looked up only when batches carry keys)."""
+        shard is topped up first, then each whole batch is one fancy-index gather (one copy). `table`:
+        the rows' MemberTable (keys, looked up when batches carry keys or a row holds NaN/inf)."""
         pos, shape, bs = 0, (self.batch_size, *self.spec.shape), self.batch_size
-        picked = (lambda a, b: keys.keys_at(order[a:b])) if self.keys else (lambda a, b: None)
+        order = order.copy() if self._screen else order  # a NaN/inf row's position takes a finite one's
+        picked = (lambda a, b: table.keys_at(order[a:b])) if self.keys else (lambda a, b: None)
         if batcher.fill:
             pos = min(bs - batcher.fill, len(rows))
-            for batch in batcher.add_rows(rows[order[:pos]], picked(0, pos)):
+            for batch in batcher.add_rows(self._screened(rows[order[:pos]], rows, table, order, 0, url), picked(0, pos)):
                 limit -= 1
                 yield batch
         if self._writer is not None and limit > 0 and pos + bs <= len(rows):
@@ -331,15 +363,40 @@ class ShardBatches(IterableDataset):
         while limit > 0 and pos + bs <= len(rows):
             limit -= 1
             if self._writer is None:
-                yield rows[order[pos:pos + bs]].reshape(shape), picked(pos, pos + bs)
+                out = rows[order[pos:pos + bs]].reshape(shape)
             else:
                 out = self._take_slot()
                 torch.index_select(src, 0, index[pos:pos + bs], out=torch.from_numpy(out).view(bs, -1))
-                yield out, picked(pos, pos + bs)
+            yield self._screened(out, rows, table, order, pos, url), picked(pos, pos + bs)
             pos += bs
         if limit > 0 and pos < len(rows):
             # less than a batch: never completes one
-            yield from batcher.add_rows(rows[order[pos:]], picked(pos, len(rows)))
+            yield from batcher.add_rows(self._screened(rows[order[pos:]], rows, table, order, pos, url),
+                                        picked(pos, len(rows)))
+
+    def _screened(self, batch: np.ndarray, rows: np.ndarray, table, order: np.ndarray, at: int, url: str) -> np.ndarray:
+        """`batch` (rows order[at:at + len(batch)] of the piece) with its NaN/inf rows replaced (screen.py);
+        `order` follows, so that the keys say what was trained."""
+        if not self._screen or finite(batch):
+            return batch
+        bad = bad_rows(batch)
+        if len(bad):
+            spare = None
+            if len(bad) == len(batch):  # nothing finite here to repeat: the first finite row of the piece
+                ok = np.flatnonzero(np.isfinite(rows).all(axis=1))
+                spare, spare_at = rows[ok[:1]], ok[:1]
+            for i, donor in replace(batch.reshape(len(batch), -1), bad,
+                                    lambda i: (table.keys_at(order[at + i:at + i + 1])[0], url), self.nonfinite, spare):
+                order[at + i] = order[at + donor] if donor >= 0 else spare_at[0]
+        return batch
+
+    def _screen_members(self, batch: np.ndarray, keys: list, urls: list) -> None:
+        """A batch filled member by member (streamed shards) that failed the finite check: replace its
+        NaN/inf rows; the keys follow."""
+        bad = bad_rows(batch)
+        if len(bad):
+            for i, donor in replace(batch.reshape(len(batch), -1), bad, lambda i: (keys[i], urls[i]), self.nonfinite):
+                keys[i] = keys[donor]
 
     def _padding(self, batcher: _Batcher, last: tuple, missing: int):
         """`missing` batches of real samples: the partial batch topped up from the last full one, or
@@ -469,3 +526,23 @@ def gather_npy(buf: bytes, members, keys, input_dim: int) -> np.ndarray:
     for i, (dt, _, at) in enumerate(layouts):
         out[i] = np.frombuffer(buf, dt, input_dim, at)
     return out
+
+
+def keys_at(url: str, sample_key: str, indices: list[int]) -> list[str]:
+    """The keys of samples `indices` (counting samples that hold `sample_key`) of a shard, read from it."""
+    want = set(indices)
+    found: dict[int, str] = {}
+    stream, samples = open_samples(url, set())  # names only: no member is kept
+    try:
+        index = -1
+        for key, parts in samples:
+            if sample_key not in parts:
+                continue
+            index += 1
+            if index in want:
+                found[index] = key
+                if len(found) == len(want):
+                    break
+    finally:
+        stream.close()
+    return [found.get(i, f"<sample {i}>") for i in indices]

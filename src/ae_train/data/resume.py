@@ -155,6 +155,14 @@ class Planner:
                               lambda k: piece_order(len(pieces[k]), rng, self.whole(pieces[k].shard, seg),
                                                     seg.shuffle, seg.shuffle_buffer), count)
 
+    def emission(self, pieces: list[Piece], seg: Segment, epoch: int, rank: int, worker: int, index: int,
+                 count: int) -> list[tuple[int, int]]:
+        """The first `count` samples the worker emits, in order: (shard, sample index in the shard)."""
+        out = []
+        for piece, positions in zip(pieces, self.emitted(pieces, seg, epoch, rank, worker, index, count)):
+            out += [(piece.shard, int(i)) for i in piece.indices()[positions]]
+        return out
+
     def whole(self, shard: int, seg: Segment) -> bool:
         key = (shard, seg.buffer_bytes)
         if key not in self._whole:
