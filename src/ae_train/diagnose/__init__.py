@@ -2,9 +2,9 @@
 
 Standard library only and log files only: it has to start at once on a login node beside a hung job,
 where importing torch takes longer than the diagnosis. Imports run one way:
-parse (log files -> per-rank records) <- speed (straggler rules) <- rules (records -> findings)
-<- report (JSON and text) <- this module (diagnose_run, the CLI); plot (matplotlib, optional) draws
-the JSON report.
+parse (log files -> per-rank records) <- runfiles (which files make the run, the pass over them);
+parse <- speed (straggler rules) <- rules (records -> findings) <- report (JSON and text) <- this
+module (diagnose_run, the CLI); plot (matplotlib, optional) draws the JSON report.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from ae_train.diagnose.parse import DiagnoseError, find_runs, resolve_run, scan_run
+from ae_train.diagnose.runfiles import DiagnoseError, find_runs, resolve_run, scan_run
 from ae_train.diagnose.report import as_json, format_text
 from ae_train.diagnose.rules import judge
 from ae_train.exitcodes import ExitCode

@@ -4,23 +4,19 @@ Standard library only and log files only (the line formats are ae_train.logforma
 docs/LOG_FORMAT.md). Each file is read once, line by line, in binary (a torn UTF-8 sequence cannot stop
 it), keeping per-rank state only: the hot path (step and shard lines, the bulk of a debug log) costs two
 bounded `find`s and one slice compare; everything else is rare and parsed with logformat's patterns.
-Big runs scan their files in parallel processes. Times are the logs' own local times, so ages are right
-when diagnosing on a machine in the run's time zone.
+runfiles.py finds a run's files and runs these passes (in parallel for big runs). Times are the logs'
+own local times, so ages are right when diagnosing on a machine in the run's time zone.
 """
 from __future__ import annotations
 
 import heapq
-import logging
-import os
 from collections import deque
 from pathlib import Path
 
 from ae_train import logformat as lf
-from ae_train.rundir import RunDir
 from ae_train.diagnose.records import (Checks, EpochEnd, Hang, Mark, Marker, Phase, ShardError, Stamped, StackDump,
                                        TrainLog, WorkerLoad, line_time, text, worker_of)
 
-log = logging.getLogger(__name__)
 # Phase code -> where it is inside an epoch, and its text.
 PHASES = {"starting": Phase(-3, "starting (no marker yet)"), "sanity": Phase(-2, "sanity check"),
           "after_sanity": Phase(-1, "after sanity check"), "training": Phase(1, "training"),
@@ -68,10 +64,6 @@ WORKER_STARTED_HEAD = lf.WORKER_STARTED.head
 ALERT_HEADS = (HANG_HEAD, RESUMED_HEAD)
 DUMP_BODY_HEADS = (*lf.DUMP_THREAD_HEADS, lf.DUMP_FRAME_HEAD)
 LAUNCHER = lf.LAUNCHER_TAG.encode()
-
-
-class DiagnoseError(Exception):
-    """Bad input: the CLI prints it as one line and exits 2."""
 
 
 def _sod(line: bytes) -> float:
@@ -350,58 +342,3 @@ def _launcher_line(out: TrainLog, line: bytes, s: bytes) -> None:
         out.checks.gave_up.append(Stamped(line_time(line), text(s)))
     elif out.checks is not None and s.startswith(STARTING_HEAD):
         out.checks.done = line_time(line)
-
-
-def find_runs(logs_dir: Path) -> dict[str, dict]:
-    """{ts: {"train": path|None, "debug": {rank: path}}} for every run with logs in logs_dir."""
-    runs: dict[str, dict] = {}
-    for p in logs_dir.iterdir():
-        m = lf.RUN_FILE.fullmatch(p.name)
-        if m and p.is_file():
-            run = runs.setdefault(m.group(2), {"train": None, "debug": {}})
-            if m.group(1) is None:
-                run["train"] = p
-            else:
-                run["debug"][int(m.group(1))] = p
-    return runs
-
-
-def resolve_run(logs_dir, run: str | None = None) -> tuple[Path, str, dict]:
-    logs = Path(logs_dir)
-    if not logs.is_dir():
-        raise DiagnoseError(f"logs directory not found: {logs}")
-    runs = find_runs(logs)
-    if not runs and RunDir(logs).logs.is_dir():  # given the output dir instead of its logs/
-        logs, runs = RunDir(logs).logs, find_runs(RunDir(logs).logs)
-    if not runs:
-        raise DiagnoseError(f"no train_<ts>.log or debug_rank<N>_<ts>.log files in {logs}")
-    if run is None:
-        run = max(runs)  # YYYYmmdd_HHMMSS sorts as time
-    elif run not in runs:
-        raise DiagnoseError(f"no logs of run {run} in {logs} (runs there: {', '.join(sorted(runs)[-5:])})")
-    return logs, run, runs[run]
-
-
-def _scan(item: tuple) -> RankLog | TrainLog:
-    kind, path, rank = item
-    return RankLog(path, rank).scan() if kind == "debug" else scan_train(path)
-
-
-def scan_run(files: dict, jobs: int | None = None) -> tuple[list[RankLog], TrainLog | None]:
-    """Every debug log of the run (by rank) and its train log. Files are independent: big runs spread them
-    over the CPUs (a 2-core box halves the time)."""
-    items = [("debug", p, r) for r, p in sorted(files["debug"].items())]
-    items += [("train", files["train"], None)] if files["train"] else []
-    jobs = min(len(items), jobs or os.cpu_count() or 1)
-    scanned = None
-    if jobs > 1 and sum(p.stat().st_size for _, p, _ in items) > 64 << 20:
-        try:
-            from concurrent.futures import ProcessPoolExecutor
-            with ProcessPoolExecutor(jobs) as ex:
-                scanned = list(ex.map(_scan, items))
-        except (OSError, RuntimeError) as e:  # no /dev/shm, no fork, a broken pool: do it here
-            log.debug("parallel scan unavailable (%s), scanning sequentially", e)
-    if scanned is None:
-        scanned = [_scan(it) for it in items]
-    train = scanned.pop() if files["train"] else None
-    return scanned, train
