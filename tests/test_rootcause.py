@@ -194,9 +194,9 @@ def test_rootcause_shard_limit_names_the_first_unreadable_shard_and_its_reader(l
     for rl in rls:
         rl.log("ERROR", lf.STOPPING, stop, dt=5)
     rep, verdict = _first_lines(logs)
-    assert verdict[0].startswith("!! First failure: too many unreadable shards, rank 1 worker 0 read the first: 2 of 8 "
-                                 "shards of train_shards could not be read in epoch 0, over the limit of 1 "
-                                 "(data.max_shard_errors=0.1) (at ")
+    assert verdict[0].startswith("!! First failure: the ranks stopped the run on unreadable shards: 2 of 8 shards of "
+                                 "train_shards could not be read in epoch 0, over the limit of 1 "
+                                 "(data.max_shard_errors=0.1); rank 1 worker 0 read the first (at ")
     assert "the first unreadable shard: /data/train-000004.tar: truncated tar: ..." in verdict[1]
     assert "`ae-train index`" in verdict[2]
     assert [c["kind"] for c in rep["failure"]["consequences"]] == ["stopped_together"]

@@ -160,7 +160,7 @@ def headline(f: Failure) -> str:
     if k == "preempt_save":
         return f"{who} could not save {_cut(f.message)} after {f.signal}"
     if k == "shard_limit":
-        return f"too many unreadable shards, {who} read the first: {_cut(f.message)}"
+        return f"the ranks stopped the run on unreadable shards: {_cut(f.message)}; {who} read the first"
     if k == "stopping":
         return f"{who} stopped the run: {_cut(f.message)}"
     if k == "launcher_gone":
