@@ -126,3 +126,15 @@ class KillRank0DuringSave(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
         threading.Thread(target=kill_when_written, daemon=True).start()
+
+
+class KillWorkerOnRank1(Callback):
+    """Rank 1 SIGKILLs one of its DataLoader workers after batch 3: a worker's death (the OOM killer's way)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == 1 and trainer.current_epoch == 0 and batch_idx == 3:
+            import multiprocessing
+            import os
+            import signal
+            workers = sorted(multiprocessing.active_children(), key=lambda p: p.pid)
+            os.kill(workers[0].pid, signal.SIGKILL)

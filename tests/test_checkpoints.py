@@ -14,6 +14,7 @@ import torch
 
 from ae_train.checkpoint_files import newest_good, remove_leftovers, verify
 from ae_train.config import ConfigError, load_config, resume_path
+from ae_train.diagnose import diagnose_run
 from ae_train.exitcodes import ExitCode
 from conftest import ROOT, fit, make_shards, start, wait_for
 from helpers import markers
@@ -153,6 +154,8 @@ def test_checkpoint_kill_during_a_save_keeps_the_previous_last_ckpt(tmp_path):
     run = fit(out, *flags, "--trainer.callbacks=ddp_helpers.KillRank0DuringSave", timeout=180)
     assert run.proc.returncode == ExitCode.FAILED, run.console
     assert re.search(r"Rank 0 \(pid \d+\) exited with code -9", run.text("train_*.log"))
+    assert diagnose_run(run.logs)["verdict"].startswith("First failure: rank 0 was killed by SIGKILL, without a line of "
+                                                        "its own (at ")
     last = out / "checkpoints" / "last.ckpt"
     assert verify(last) is None
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 10  # the 1st save, whole
@@ -194,6 +197,11 @@ def test_checkpoint_full_disk_is_an_error_line_and_a_clean_stop(tmp_path):
                      r"device; the checkpoints saved before are kept", errors[0])
     assert re.search(r"\[Launcher\] Rank [01] stopped the run \(exit code 4: a checkpoint could not be written\)", train)
     assert "Stopping: could not write checkpoint" in console
+    rep = diagnose_run(logs)  # the failed save leads the verdict, with its cause
+    assert re.match(r"First failure: rank 0 could not write checkpoint \S+/last\.ckpt: No space left on device \(at ",
+                    rep["verdict"]), rep["verdict"]
+    assert "usual cause: the disk is full" in rep["findings"][0]["message"]
+    assert {c["kind"] for c in rep["failure"]["consequences"]} <= {"stopped_together", "run_stopped"}
     saved = [int(s) for s in re.findall(r"Saved step checkpoint \S+ at epoch \d+ step (\d+)", train)]
     last = out / "checkpoints" / "last.ckpt"
     assert verify(last) is None

@@ -220,10 +220,12 @@ def test_diagnose_launcher_kill_and_missing_rank(logs):
     train_log(logs, [(rl.t, "ERROR", lf.LAUNCHER_TAG, lf.EXITED, 1, 1001, "code -9 (killed by SIGKILL)")])
     rep = diagnose_run(logs, now=NOW)
     assert rep["state"] == "stopped" and rep["missing_ranks"] == [1]
-    assert "exited with code -9 (killed by SIGKILL)" in finding(rep, "launcher")["message"]
-    assert "OOM killer" in finding(rep, "launcher")["message"]
+    assert rep["verdict"].startswith("First failure: rank 1 was killed by SIGKILL, without a line of its own (at ")
+    f = finding(rep, "failure")
+    assert "the launcher's line: Rank 1 (pid 1001) exited with code -9 (killed by SIGKILL)" in f["message"]
+    assert "OOM killer" in f["message"] and f["ranks"] == [1]
     assert finding(rep, "missing_ranks")["ranks"] == [1]
-    assert kinds(rep)[0] == "launcher" and "stuck_in_phase" not in kinds(rep)  # a crash, not a hang
+    assert kinds(rep)[0] == "failure" and "stuck_in_phase" not in kinds(rep)  # a crash, not a hang
 
 
 def test_diagnose_rank_killed_after_long_silence_is_still_a_hang(logs):
@@ -232,7 +234,10 @@ def test_diagnose_rank_killed_after_long_silence_is_still_a_hang(logs):
         rl.train(0, end=False)
     train_log(logs, [(rls[0].t + 3600, "ERROR", lf.LAUNCHER_TAG, lf.EXITED, 1, 1001, "code -9 (killed by SIGKILL)")])
     rep = diagnose_run(logs, now=NOW)
-    assert kinds(rep)[:2] == ["launcher", "stuck_in_phase"]
+    assert kinds(rep)[:2] == ["stuck_in_phase", "failure"]  # first in time: the run stopped moving, then the kill
+    then = rep["findings"][1]["message"]
+    assert then.startswith("Then, after 60m00s without progress on any rank: rank 1 was killed by SIGKILL")
+    assert rep["failure"]["quiet_before_s"] >= 3590 and rep["failure"]["first"]["kind"] == "killed"
 
 
 def test_diagnose_tolerates_torn_unknown_and_continuation_lines(logs):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
+from ae_train.diagnose import diagnose_run, format_report
 from ae_train.exitcodes import ExitCode, stopped_by
 from conftest import DIM, ROOT, fit, make_shards, pids_in, start, wait_for, wait_gone
 from helpers import markers
@@ -91,6 +92,16 @@ def test_faults_mostly_broken_data_found_at_read_time_stops_the_run(tmp_path):
     assert "Stopping: 4 of 5 shards of train_shards could not be read in epoch 0, over the limit of 2" in train
     assert "EPOCH 1 TRAINING START" not in run.text("debug_rank*_*.log")
     assert "Stopping: 4 of 5 shards" in run.console
+    rep = diagnose_run(run.logs)  # the verdict leads with the stop, naming the first unreadable shard and its reader
+    m = re.match(r"First failure: the ranks stopped the run on unreadable shards: 4 of 5 shards of train_shards could "
+                 r"not be read in epoch 0, over the limit of 2 \(data.max_shard_errors=0.5\); rank (\d) worker (\d) "
+                 r"read the first \(at ", rep["verdict"])
+    assert m, rep["verdict"]
+    first = rep["failure"]["first"]
+    assert first["shard"] in paths[:4]
+    assert f"the first unreadable shard: {first['shard']}: " in rep["findings"][0]["message"]
+    assert re.search(rf"\[Rank {m[1]}/2 Worker {m[2]}/2\] Error reading shard {re.escape(first['shard'])}", train)
+    assert {c["kind"] for c in rep["failure"]["consequences"]} == {"stopped_together", "run_stopped"}
 
 
 def test_faults_sigterm_saves_and_resume_continues(tmp_path):
@@ -130,9 +141,11 @@ def test_faults_sigterm_saves_and_resume_continues(tmp_path):
     assert "Training finished: 3 epochs" in text
 
 
-@pytest.mark.parametrize("helper,exit_text", [("CrashOnRank1", "exited with code 1"),
-                                               ("KillRank1", "exited with code -9 (killed by SIGKILL)")])
-def test_faults_dead_rank_stops_the_run(tmp_path, helper, exit_text):
+@pytest.mark.parametrize("helper,exit_text,first", [
+    ("CrashOnRank1", "exited with code 1", r"rank 1 raised RuntimeError: injected failure on rank 1 \(at "),
+    ("KillRank1", "exited with code -9 (killed by SIGKILL)", r"rank 1 was killed by SIGKILL, without a line of its "),
+    ("KillWorkerOnRank1", "exited with code 1", r"rank 1 worker (\d) \(pid (\d+)\) died: killed by SIGKILL \(at ")])
+def test_faults_dead_rank_stops_the_run(tmp_path, helper, exit_text, first):
     make_shards(tmp_path / "d", [100] * 4)
     # The survivor would wait 600 s in its next collective: only the launcher stopping it ends the run
     # within the subprocess timeout (a hang guard, not a measurement).
@@ -146,6 +159,20 @@ def test_faults_dead_rank_stops_the_run(tmp_path, helper, exit_text):
         assert "[ERROR] [Rank 1/2] Uncaught exception: RuntimeError: injected failure on rank 1\nTraceback" in train
         assert "injected failure on rank 1\nTraceback" in run.text("debug_rank1_*.log")
     assert wait_gone(pids_in(run.text("*.log")), 30) == []
+    # The verdict leads with the first failure and its rank, not the launcher's stop or rank 0's lost connection.
+    rep = diagnose_run(run.logs)
+    verdict = format_report(rep).split("Verdict:\n", 1)[1]
+    m = re.match("!! First failure: " + first, verdict)
+    assert m, verdict
+    if helper == "KillWorkerOnRank1":  # the worker of that pid, as rank 1's log says
+        assert f"[Rank 1/2 Worker {m[1]}/2] Worker started pid={m[2]}" in run.text("debug_rank1_*.log")
+    if helper == "CrashOnRank1":  # the frame that raised it
+        assert re.search(r"\n    raised at \S+/ddp_helpers\.py:\d+ in on_train_batch_end\n", verdict), verdict
+    else:  # a SIGKILL without a traceback: the OOM killer's usual way
+        assert "OOM killer" in verdict and "dmesg" in verdict
+    # The launcher's line is among what followed (or, for a rank killed without a line, how the kill is known).
+    assert re.search(rf"Rank 1 \(pid \d+\) {re.escape(exit_text)}", rep["findings"][0]["message"])
+    assert all(c["rank"] != 1 or c["role"] == "after" for c in rep["failure"]["consequences"])
 
 
 @pytest.mark.parametrize("signalled", [(1,), (0, 1)])

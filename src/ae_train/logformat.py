@@ -257,6 +257,8 @@ STOPPING = Message("Stopping: %s", ("5 of 40 shards of train_shards could not be
 # TooManyShardErrors' text, logged after `Stopping: `.
 SHARD_LIMIT = ("%d of %d shards of %s could not be read in epoch %d, over the limit of %d (data.max_shard_errors=%g); "
                "see the ERROR lines naming each shard")
+SHARD_LIMIT_STOP = re.compile(rb"Stopping: ((\d+) of (\d+) shards of (\S+) could not be read in epoch (\d+), over the "
+                              rb"limit of \d+ \([^)]*\))")
 SHARD_ERRORS_EPOCH = Message("Epoch %d %s: %d of %d shards of %s could not be read (limit %d, data.max_shard_errors=%g)",
                              (0, "train", 2, 40, "train_shards", 4, 0.1),
                              re.compile(rb"Epoch (\d+) (train|val): (\d+) of (\d+) shards of (\S+) could not be read"))

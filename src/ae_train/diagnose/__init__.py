@@ -1,10 +1,11 @@
-"""`ae-train diagnose <logs_dir>`: read a run's logs and say which rank is stuck where, and why.
+"""`ae-train diagnose <logs_dir>`: read a run's logs and say which rank is stuck where, or what failed first, and why.
 
 Standard library only and log files only: it has to start at once on a login node beside a hung job,
 where importing torch takes longer than the diagnosis. Imports run one way:
-parse (log files -> per-rank records) <- speed (straggler rules) <- rules (records -> findings)
-<- report (JSON and text) <- this module (diagnose_run, the CLI); plot (matplotlib, optional) draws
-the JSON report.
+failures (what a failure line says) <- parse (log files -> per-rank records) <- runfiles (which files
+make the run, the pass over them); parse <- speed (straggler rules) and rootcause (the first failure
+and what followed) <- rules (records -> findings) <- report (JSON and text) <- this module
+(diagnose_run, the CLI); plot (matplotlib, optional) draws the JSON report.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import os
 import sys
 import time
 
-from ae_train.diagnose.parse import DiagnoseError, find_runs, resolve_run, scan_run
+from ae_train.diagnose.runfiles import DiagnoseError, find_runs, resolve_run, scan_run
 from ae_train.diagnose.report import as_json, format_text
 from ae_train.diagnose.rules import judge
 from ae_train.exitcodes import ExitCode
@@ -44,7 +45,8 @@ def format_report(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`ae-train diagnose` (argv: the arguments after `diagnose`)."""
-    ap = argparse.ArgumentParser(prog="ae-train diagnose", description="Find where a run is stuck, from its logs.")
+    ap = argparse.ArgumentParser(prog="ae-train diagnose",
+                                 description="Find where a run is stuck, or what failed first, from its logs.")
     ap.add_argument("logs_dir", help="the run's logs directory (<output_dir>/logs)")
     ap.add_argument("--run", help="run timestamp YYYYmmdd_HHMMSS (default: the latest)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -4,23 +4,21 @@ Standard library only and log files only (the line formats are ae_train.logforma
 docs/LOG_FORMAT.md). Each file is read once, line by line, in binary (a torn UTF-8 sequence cannot stop
 it), keeping per-rank state only: the hot path (step and shard lines, the bulk of a debug log) costs two
 bounded `find`s and one slice compare; everything else is rare and parsed with logformat's patterns.
-Big runs scan their files in parallel processes. Times are the logs' own local times, so ages are right
-when diagnosing on a machine in the run's time zone.
+Lines that say the run is failing go to failures.py, with where the rank was. runfiles.py finds a run's
+files and runs these passes (in parallel for big runs). Times are the logs' own local times, so ages are
+right when diagnosing on a machine in the run's time zone.
 """
 from __future__ import annotations
 
 import heapq
-import logging
-import os
 from collections import deque
 from pathlib import Path
 
 from ae_train import logformat as lf
-from ae_train.rundir import RunDir
-from ae_train.diagnose.records import (Checks, EpochEnd, Hang, Mark, Marker, Phase, ShardError, Stamped, StackDump,
-                                       TrainLog, WorkerLoad, line_time, text, worker_of)
+from ae_train.diagnose import failures
+from ae_train.diagnose.records import (Checks, EpochEnd, Failure, Hang, Mark, Marker, Phase, ShardError, Stamped,
+                                       StackDump, TrainLog, WorkerLoad, fmt_time, line_time, text, worker_of)
 
-log = logging.getLogger(__name__)
 # Phase code -> where it is inside an epoch, and its text.
 PHASES = {"starting": Phase(-3, "starting (no marker yet)"), "sanity": Phase(-2, "sanity check"),
           "after_sanity": Phase(-1, "after sanity check"), "training": Phase(1, "training"),
@@ -34,8 +32,7 @@ WAITS = (("data", (b" _next_data", b" _get_data", b" _try_get_data")),
          ("io", (b"tarfile", b" gopen", b" in open", b" in _open", b" in read", b" readinto")))
 WAIT_ORDER = [kind for kind, _ in WAITS]
 # Raw lines (C++ output through fd 2) that name a distributed failure.
-RAW_ALERTS = (b"Watchdog caught collective", b"collective operation timeout", b"NCCL error", b"ncclInternalError",
-              b"Connection reset by peer", b"Connection closed by peer", b"Gloo connectFullMesh failed")
+RAW_ALERTS = failures.RAW_TEXTS
 CAP = 2000  # markers and alerts kept per rank for the plot (the latest); counts go on regardless
 STEPS_KEPT = 21  # the latest progress lines per rank: their time split says why the run is slow now
 SLOW_KEPT = 5    # the slowest shards per rank (Opening to Finished)
@@ -57,7 +54,9 @@ HANG_HEAD = lf.HANG.head
 HEADER_HEAD = lf.HEADER.head
 PROCESSING_HEAD = lf.PROCESSING.head
 RECEIVED_HEAD = lf.RECEIVED.head
-LAUNCHER_KEPT_HEADS = (lf.EXITED.head, lf.RANK_STOPPED.head, RECEIVED_HEAD)  # a rank's exit, a signal to the launcher
+# A rank's exit, ranks that stopped the run or were killed, a signal to the launcher.
+LAUNCHER_KEPT_HEADS = (lf.EXITED.head, lf.RANK_STOPPED.head, lf.NOT_STOPPED_AFTER_SIGNAL.head, RECEIVED_HEAD)
+FAILURE_HEADS = failures.HEADS
 RESOURCES_HEAD = lf.RESOURCES.head
 RESUMED_HEAD = lf.RESUMED.head
 SAVED_HEAD = lf.SAVED.head
@@ -68,10 +67,6 @@ WORKER_STARTED_HEAD = lf.WORKER_STARTED.head
 ALERT_HEADS = (HANG_HEAD, RESUMED_HEAD)
 DUMP_BODY_HEADS = (*lf.DUMP_THREAD_HEADS, lf.DUMP_FRAME_HEAD)
 LAUNCHER = lf.LAUNCHER_TAG.encode()
-
-
-class DiagnoseError(Exception):
-    """Bad input: the CLI prints it as one line and exits 2."""
 
 
 def _sod(line: bytes) -> float:
@@ -97,6 +92,9 @@ class RankLog:
         self.errors = self.shard_errors = self.hangs = 0
         self.last_error: Stamped | None = None
         self.last_shard_error: ShardError | None = None
+        self.first_shard_error: ShardError | None = None
+        self.failures = failures.Tracker(path.name, rank)  # lines that say the run is failing
+        self.worker_tags: dict = {}        # worker pid -> its tag: which worker died
         self.last_hang: Hang | None = None
         self.ckpt: Stamped | None = None
         self.finished: Stamped | None = None
@@ -117,7 +115,7 @@ class RankLog:
                 k = line.find(b"] [", 24, 40)  # end of `[LEVEL]`; -1: continuation or torn line
                 m = line.find(b"] ", k + 3) if k > 0 else -1  # end of `[TAG]`
                 if m < 0:
-                    self._raw(line, n)
+                    self._raw(line, n, last)
                     continue
                 # One HEAD-byte slice compared with constants: cheaper than a chain of startswith calls.
                 head = line[m + 2:m + end]
@@ -150,8 +148,9 @@ class RankLog:
         self.shard_n = shard_n
         return self
 
-    def _raw(self, line: bytes, n: int) -> None:
+    def _raw(self, line: bytes, n: int, last: bytes | None) -> None:
         """A line without the prefix: stack dump body, traceback, C++ output, or a torn last line."""
+        in_tb = self.failures.continues(line, n)  # the traceback of a failure line above
         if self.dump is not None and n != self.dump_n + 1:
             self.dump = None  # a dump is one unbroken block of lines
         if line.startswith(DUMP_HEAD):
@@ -161,6 +160,10 @@ class RankLog:
             self._dump_line(line)
         elif any(a in line for a in RAW_ALERTS):
             self.raw_alert = text(line)[:300]
+            if not in_tb:  # C++ output of its own: the time of the line before it
+                t = max((x for x in (last and line_time(last), self.t_rare) if x is not None), default=None)
+                if (f := self.failures.raw(line, n, t)) is not None:
+                    self._where(f, None)
 
     def _dump_start(self, line: bytes, n: int, t: float | None) -> None:
         m = lf.DUMP.pattern.match(line)
@@ -221,6 +224,7 @@ class RankLog:
             mm = lf.WORKER_STARTED.pattern.match(s)
             if mm:
                 self.pids[int(mm.group(1))] = f"rank {self.rank} worker {worker_of(tag)}"
+                self.worker_tags[int(mm.group(1))] = tag
             self.pending.pop(tag, None)
         elif s.startswith(HEADER_HEAD):
             self._header(s, t)
@@ -231,13 +235,43 @@ class RankLog:
         elif s.startswith(FINISHED_RUN_HEAD):
             self.finished, self.phase = Stamped(t, text(s)), "finished"
             self.timeline.append(Mark(t, "finished"))
+        elif s.startswith(FAILURE_HEADS) and (f := failures.of_logged(line, s)) is not None:
+            if self.failures.add(f, t, n):
+                self._where(f, tag)
+            if line.startswith(b"[ERROR]", 24):
+                self._error(s, t)
+            return False  # a failure is not progress
         elif line.startswith(b"[ERROR]", 24) or line.startswith(b"[CRITICAL]", 24):
-            self.errors += 1
-            self.last_error = Stamped(t, text(s)[:300])
-            self.events.append(Mark(t, "error"))
+            self._error(s, t)
         if self.world is None and (mm := lf.TAG.match(tag)):
             self.world = int(mm.group(2))
         return True
+
+    def _error(self, s: bytes, t: float | None) -> None:
+        self.errors += 1
+        self.last_error = Stamped(t, text(s)[:300])
+        self.events.append(Mark(t, "error"))
+
+    def _where(self, f: Failure, tag: bytes | None) -> None:
+        """Where the rank was at a failure line: epoch, phase, last progress line, the failing worker's open shard."""
+        f.epoch, f.phase = self.epoch, self.phase
+        if f.kind == "connect_failed" and self.phase != "starting":  # refused mid-run: the other end is gone
+            f.kind = "lost_peer"
+        wtag = self.worker_tags.get(f.pid) if f.kind == "worker_died" else None
+        if wtag is None and tag is not None and worker_of(tag) is not None:
+            wtag = tag
+        if wtag is None and f.worker is not None:  # `Caught ... in DataLoader worker process 1`
+            wtag = next((k for k in self.pending if worker_of(k) == f.worker), None)
+        if wtag is not None:
+            f.worker = worker_of(wtag)
+            opened = self.pending.get(wtag)
+            m = opened and lf.OPENING.pattern.search(opened.rstrip(b"\r\n"))
+            f.shard = text(m.group(1)) if m else None
+        if self.steps:
+            st = lf.TRAINING_STEP.pattern.search(self.steps[-1])
+            if st and st.group(4):
+                f.step = {"batch": int(st.group(1)), "epoch": int(st.group(4)), "global_step": int(st.group(5)),
+                          "time": fmt_time(line_time(self.steps[-1]))}
 
     def _processing(self, s: bytes, tag: bytes, t: float | None) -> None:
         mm = lf.PROCESSING.pattern.match(s)
@@ -260,7 +294,10 @@ class RankLog:
     def _shard_error(self, s: bytes, tag: bytes, t: float | None) -> None:
         mm = lf.SHARD_ERROR.pattern.match(s)
         self.shard_errors += 1
-        self.last_shard_error = ShardError(t, text(mm.group(1)), text(mm.group(2))) if mm else ShardError(t, "?", text(s))
+        self.last_shard_error = ShardError(t, text(mm.group(1)), text(mm.group(2)), worker_of(tag)) if mm else \
+            ShardError(t, "?", text(s), worker_of(tag))
+        if self.first_shard_error is None:
+            self.first_shard_error = self.last_shard_error
         o = self.pending.get(tag)
         if mm and o is not None and mm.group(1) in o:
             del self.pending[tag]
@@ -323,6 +360,10 @@ def scan_train(path: Path) -> TrainLog:
             rank = int(r.group(1)) if r else None
             if r and out.world is None:
                 out.world = int(r.group(2))
+            if rank is not None and s.startswith(FAILURE_HEADS) and (f := failures.of_logged(line, s)) is not None:
+                # For ranks without a debug log.
+                if out.failures.setdefault(rank, failures.Tracker(out.file, rank)).add(f, line_time(line), n):
+                    f.worker = worker_of(tag)
             if s.startswith(FINISHED_RUN_HEAD):
                 out.finished = Stamped(line_time(line), text(s))
             elif s.startswith(b"Epoch ") and lf.EPOCH_SPLIT_MARK in s:  # the latest epoch's slowest/fastest rank
@@ -350,58 +391,3 @@ def _launcher_line(out: TrainLog, line: bytes, s: bytes) -> None:
         out.checks.gave_up.append(Stamped(line_time(line), text(s)))
     elif out.checks is not None and s.startswith(STARTING_HEAD):
         out.checks.done = line_time(line)
-
-
-def find_runs(logs_dir: Path) -> dict[str, dict]:
-    """{ts: {"train": path|None, "debug": {rank: path}}} for every run with logs in logs_dir."""
-    runs: dict[str, dict] = {}
-    for p in logs_dir.iterdir():
-        m = lf.RUN_FILE.fullmatch(p.name)
-        if m and p.is_file():
-            run = runs.setdefault(m.group(2), {"train": None, "debug": {}})
-            if m.group(1) is None:
-                run["train"] = p
-            else:
-                run["debug"][int(m.group(1))] = p
-    return runs
-
-
-def resolve_run(logs_dir, run: str | None = None) -> tuple[Path, str, dict]:
-    logs = Path(logs_dir)
-    if not logs.is_dir():
-        raise DiagnoseError(f"logs directory not found: {logs}")
-    runs = find_runs(logs)
-    if not runs and RunDir(logs).logs.is_dir():  # given the output dir instead of its logs/
-        logs, runs = RunDir(logs).logs, find_runs(RunDir(logs).logs)
-    if not runs:
-        raise DiagnoseError(f"no train_<ts>.log or debug_rank<N>_<ts>.log files in {logs}")
-    if run is None:
-        run = max(runs)  # YYYYmmdd_HHMMSS sorts as time
-    elif run not in runs:
-        raise DiagnoseError(f"no logs of run {run} in {logs} (runs there: {', '.join(sorted(runs)[-5:])})")
-    return logs, run, runs[run]
-
-
-def _scan(item: tuple) -> RankLog | TrainLog:
-    kind, path, rank = item
-    return RankLog(path, rank).scan() if kind == "debug" else scan_train(path)
-
-
-def scan_run(files: dict, jobs: int | None = None) -> tuple[list[RankLog], TrainLog | None]:
-    """Every debug log of the run (by rank) and its train log. Files are independent: big runs spread them
-    over the CPUs (a 2-core box halves the time)."""
-    items = [("debug", p, r) for r, p in sorted(files["debug"].items())]
-    items += [("train", files["train"], None)] if files["train"] else []
-    jobs = min(len(items), jobs or os.cpu_count() or 1)
-    scanned = None
-    if jobs > 1 and sum(p.stat().st_size for _, p, _ in items) > 64 << 20:
-        try:
-            from concurrent.futures import ProcessPoolExecutor
-            with ProcessPoolExecutor(jobs) as ex:
-                scanned = list(ex.map(_scan, items))
-        except (OSError, RuntimeError) as e:  # no /dev/shm, no fork, a broken pool: do it here
-            log.debug("parallel scan unavailable (%s), scanning sequentially", e)
-    if scanned is None:
-        scanned = [_scan(it) for it in items]
-    train = scanned.pop() if files["train"] else None
-    return scanned, train

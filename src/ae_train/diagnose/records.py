@@ -54,6 +54,7 @@ class ShardError(NamedTuple):
     time: float | None
     url: str
     message: str
+    worker: int | None = None    # the worker that read it (None: the rank's main process)
 
 
 class Hang(NamedTuple):
@@ -124,6 +125,7 @@ class TrainLog:
     world: int | None = None
     epoch_split: Stamped | None = None            # the latest epoch summary with a time split
     checks: "Checks | None" = None
+    failures: dict = field(default_factory=dict)  # rank -> failures.Tracker: each rank's failure lines
 
 
 @dataclass
@@ -133,3 +135,29 @@ class Checks:
     hang: Stamped | None = None
     gave_up: list = field(default_factory=list)  # [Stamped]: shards whose count stalled
     done: float | None = None
+
+
+@dataclass
+class Failure:
+    """A line that says a run is failing (failures.py names its kind), with where and when it was logged."""
+    kind: str                    # a failures.KINDS key
+    text: str                    # the line's message (its first line)
+    time: float | None = None
+    rank: int | None = None      # None: the launcher
+    worker: int | None = None
+    file: str = ""
+    line: int = 0                # line number in file
+    exception: str | None = None  # the exception's type
+    message: str | None = None   # the exception's message (its first line)
+    thread: str | None = None    # an exception in a thread other than the main one
+    pid: int | None = None       # a process that died (a worker, a rank)
+    signal: str | None = None    # what killed it (SIGKILL, ...)
+    code: int | None = None      # a rank's exit code (the launcher's line)
+    epoch: int | None = None     # the rank's state when the line was written
+    phase: str | None = None     # a parse.PHASES key
+    step: dict | None = None     # the rank's last progress line before it: batch, epoch, global step, time (text)
+    shard: str | None = None     # the shard the failing worker had open
+    frame: str | None = None     # the innermost frame of its first traceback (the earliest cause)
+    raised: str | None = None    # the exception line ending that traceback
+    note: str | None = None      # what other lines add (the first unreadable shard, the rank's last line)
+    approx: bool = False         # a line without a time stamp (C++ output): the time of the line before it

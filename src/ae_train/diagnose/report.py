@@ -3,6 +3,7 @@ diagnose.json, the plot), and that dict as text for a terminal: the per-rank tab
 """
 from __future__ import annotations
 
+from ae_train.diagnose import rootcause
 from ae_train.diagnose.records import fmt_age, fmt_time
 from ae_train.diagnose.rules import Verdict
 from ae_train.diagnose.speed import split_cell
@@ -20,6 +21,7 @@ def as_json(v: Verdict) -> dict:
                                     "finished": train.finished and train.finished.text,
                                     "launcher": [[fmt_time(t), m] for t, m in train.launcher]},
             "ranks": [v.rows[r] for r in sorted(v.rows)], "findings": v.findings, "speed": v.speed,
+            "failure": rootcause.report(v.failure),
             "verdict": v.findings[0]["message"].split("\n")[0] if v.findings else ""}
 
 

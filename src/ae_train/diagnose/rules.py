@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ae_train import logformat as lf
+from ae_train.diagnose import rootcause
 from ae_train.diagnose.parse import PHASES, RankLog
 from ae_train.diagnose.records import TrainLog, WorkerLoad, fmt_age, fmt_time, line_time, worker_of, workers_in
-from ae_train.diagnose.rows import detail, new_raw, sides, rank_row
+from ae_train.diagnose.rows import RAW_SAME, detail, new_raw, sides, rank_row
 from ae_train.diagnose.speed import speed_findings
 
 SEVERITY = {"error": 0, "warning": 1, "info": 2}
 # Sparse logging (a step line every few minutes, or only epoch markers with debug off) must not read as a
 # hang: stuck means this many times the usual gap between two progress lines, at least.
 SPARSE_GAPS = 3
-SIGKILL = -9  # the launcher itself only sends SIGKILL after SIGTERM went unheard: from outside, often the OOM killer
 # Readers split shards into sample ranges, so one batch can make file counts differ by two: uneven means
 # files and batches per worker both differ by more than this.
 UNEVEN_SLACK = 1
@@ -58,31 +58,18 @@ def _stall(rows: dict, times: dict, live: list, stall_after: float) -> float:
     return min([stall] + alerts)
 
 
-def _launcher_findings(run: Run, add) -> tuple[list, bool]:
-    """Ranks that exited badly and signals the launcher got; whether a rank crashed while the run moved."""
-    stopped_by, crashed = [], False
+def _launcher_findings(run: Run, add) -> list:
+    """Ranks the launcher saw exit badly or stop the run, and signals it got (the run was stopped from outside).
+    A rank's exit itself is told by the failure finding (rootcause.py)."""
+    stopped_by = []
     for t, msg in run.train.launcher if run.train else []:
-        mm = lf.EXITED.pattern.match(msg.encode())
-        if mm and int(mm.group(3)) != 0:
-            r = int(mm.group(1))
-            stopped_by.append(r)
-            # A rank that died while the run still moved is a crash, not a hang: the launcher then stops the
-            # others, and where they were says nothing. Died after a long silence: the hang rules still apply.
-            before = [run.times[x].last for x in run.live if t and run.times[x].last <= t]
-            if not before or t - max(before) < run.stall:
-                crashed = True
-            row = run.rows.get(r)
-            why = f"\n    {detail(row)}" if row else ""
-            if row and row["last_error"]:
-                why += f"; its last error: {row['last_error']['message']}"
-            if int(mm.group(3)) == SIGKILL:
-                why += ("\n    A SIGKILL from outside is usually the kernel's OOM killer (see dmesg) or the job "
-                        "scheduler")
-            add("error", "launcher", [r], f"Launcher: {msg} (at {fmt_time(t)}){why}")
+        exited, stopped = lf.EXITED.pattern.match(msg.encode()), lf.RANK_STOPPED.pattern.match(msg.encode())
+        if (exited and int(exited.group(3)) != 0) or stopped:
+            stopped_by.append(int((exited or stopped).group(1)))
         elif msg.startswith(lf.RECEIVED.head.decode()):
             stopped_by.append(-1)
             add("warning", "launcher", [], f"Launcher: {msg} (at {fmt_time(t)}): the run was stopped from outside")
-    return stopped_by, crashed
+    return stopped_by
 
 
 def _launcher_checks(train: TrainLog | None, add) -> None:
@@ -238,6 +225,7 @@ class Verdict(NamedTuple):
     rows: dict
     findings: list
     speed: dict
+    failure: rootcause.RootCause | None = None  # the first failure and what followed
 
 
 def judge(logs: Path, run_ts: str, ranks: list[RankLog], train: TrainLog | None, now: float,
@@ -260,19 +248,28 @@ def judge(logs: Path, run_ts: str, ranks: list[RankLog], train: TrainLog | None,
     def add(sev: str, kind: str, who, msg: str) -> None:
         findings.append({"severity": sev, "kind": kind, "ranks": sorted(who), "message": msg})
 
-    stopped_by, crashed = _launcher_findings(run, add)
-    _launcher_checks(train, add)
     finished = (train and train.finished) or next((r.finished for r in ranks if r.finished), None)
+    failure = rootcause.find(ranks, train, rows, times, live, run.stall)
+    stopped_by = _launcher_findings(run, add)
+    if failure and finished and not stopped_by:
+        failure = None  # an error the run survived: not why it failed (the errors finding lists it)
+    # The first failure leads, unless the run had stalled before it: then where it stalled comes first.
+    crashed = failure is not None and failure.quiet is None
+    if failure and crashed:
+        _failure_finding(failure, add)
+    _launcher_checks(train, add)
     idle = None if newest is None else now - newest
-    state = ("finished" if finished else "stopped" if stopped_by else
+    state = ("finished" if finished else "stopped" if stopped_by or failure else
              "stalled" if idle is not None and idle >= run.stall else "running" if live else "empty")
     explained: set = set(live) if crashed else set()
     if not finished and live and not crashed and _hang_findings(run, state in ("stopped", "stalled"), findings, add):
         explained.update(live)
     if not finished:
         _silent_findings(run, explained, newest_rank, add)
+    if failure and not crashed:
+        _failure_finding(failure, add)
     speed = speed_findings(rows, train, add, quiet=any(f["severity"] == "error" for f in findings))
-    _data_findings(ranks, run, add)
+    _data_findings(ranks, run, add, failure)
     if missing:
         add("warning", "missing_ranks", missing, f"No debug log for {_names(missing)} (world size {world})"
             + (f"; the train log has {sum(train.hangs.get(r, 0) for r in missing)} hang alert(s) and "
@@ -280,7 +277,12 @@ def judge(logs: Path, run_ts: str, ranks: list[RankLog], train: TrainLog | None,
     _state_finding(run, state, finished, idle, any(f["severity"] == "error" for f in findings), add)
     findings.sort(key=lambda f: (SEVERITY[f["severity"]], f["kind"] == "no_straggler"))  # the run's state first
     return Verdict(logs, run_ts, now, state, world, missing, run.stall, newest, idle, train, train_t, rows, findings,
-                   speed)
+                   speed, failure)
+
+
+def _failure_finding(failure: rootcause.RootCause, add) -> None:
+    rank = failure.first.rank
+    add("error", "failure", [] if rank is None else [rank], rootcause.message(failure))
 
 
 # ---- the guide's step 3: the data across all ranks ----
@@ -352,7 +354,7 @@ def _latest(found: dict, split: str, ep: int, msg: str | None) -> None:
         found[split] = Latest(ep, msg)
 
 
-def _data_findings(ranks: list[RankLog], run: Run, add) -> None:
+def _data_findings(ranks: list[RankLog], run: Run, add, failure: rootcause.RootCause | None) -> None:
     """File spread, early finishers, batch counts, read errors."""
     by: dict = {}  # (split, epoch) -> [Load]
     for r in ranks:
@@ -371,16 +373,23 @@ def _data_findings(ranks: list[RankLog], run: Run, add) -> None:
             "the epoch first and waits in a collective the others never reach): " + "; ".join(v.message for v in batches.values()))
     if early:
         add("warning", "early_completion", [], "Workers COMPLETED much earlier than others: " + "; ".join(v.message for v in early.values()))
-    _error_findings(run.rows, add)
+    _error_findings(run.rows, add, failure)
 
 
-def _error_findings(rows: dict, add) -> None:
+def _error_findings(rows: dict, add, failure: rootcause.RootCause | None) -> None:
     errs = {r: rows[r]["shard_errors"] for r in rows if rows[r]["shard_errors"]}
     if errs:
         last = max((rows[r]["last_shard_error"] for r in errs), key=lambda e: e["time"] or "")
         add("warning", "shard_errors", list(errs), f"{sum(errs.values())} shard read error(s) ("
             + ", ".join(f"rank {r}: {n}" for r, n in sorted(errs.items())) + f"); last: {last['url']}: {last['message']} at {last['time']}")
-    other = {r: rows[r] for r in rows if rows[r]["errors"] or rows[r]["raw_alert"]}
+    told = {f.text[:RAW_SAME] for f in (failure.first, *failure.after)} if failure else set()
+
+    def untold(row: dict) -> bool:  # an error line or a printed alert the failure finding does not show
+        err = (row["last_error"] or {}).get("message")
+        return (err is not None and err[:RAW_SAME] not in told) or (new_raw(row) and row["raw_alert"][:RAW_SAME]
+                                                                      not in told)
+
+    other = {r: rows[r] for r in rows if (rows[r]["errors"] or rows[r]["raw_alert"]) and untold(rows[r])}
     if other:
         add("warning", "errors", list(other), "Other errors: " + "; ".join(
             f"rank {r}: {row['errors']} ERROR line(s)" + (f", last at {row['last_error']['time']}: {row['last_error']['message']}"
