@@ -13,6 +13,7 @@ import torch
 
 from ae_train.data.make import synthetic, write_shards
 from ae_train.data.reader import ShardBatches, keys_at
+from ae_train.diagnose import diagnose_run, format_report
 from ae_train.exitcodes import ExitCode
 from conftest import fit
 from helpers import ledger_lines
@@ -70,3 +71,10 @@ def test_nonfinite_loss_stops_every_rank_naming_its_batch(nan_shards, tmp_path):
     plan.set_epoch(0)
     samples = plan.batch_samples(batch)
     assert [keys_at(url, "x.npy", [i])[0] for url, i in samples] == keys
+    # diagnose leads with it, the other rank's stop and the launcher's line after it
+    rep = diagnose_run(run.logs)
+    first = rep["failure"]["first"]
+    assert first["kind"] == "nonfinite_loss" and first["rank"] == rank, rep["failure"]
+    verdict = format_report(rep).split("Verdict:", 1)[1]
+    assert verdict.lstrip().startswith(f"!! First failure: rank {rank} had a non-finite loss ")
+    assert "usual cause: the training diverged" in verdict

@@ -58,6 +58,10 @@ CAUSE_WRITE = "the file system refused the write: the reason is in the line"
 CAUSE_SHARDS = ("broken, missing or unreachable shards (or the storage serving them): each `Error reading shard` line "
                 "names one; fix or replace them, then `ae-train index` their directory")
 CAUSE_STOPPING = "the rank stopped the run on purpose: the reason is in the line, and the ERROR lines before it"
+CAUSE_NONFINITE = ("the training diverged: a learning rate too high for this model and data (lower model.lr, raise "
+                   "model.warmup_steps, keep trainer.gradient_clip_val), an overflow in reduced precision (try "
+                   "trainer.precision=32-true), or inputs far outside the usual range (the line names the batch's "
+                   "samples); no checkpoint holds these weights: --resume=auto goes on from the last good one")
 CAUSE_LAUNCHER_GONE = ("the launcher (or torchrun's agent, srun's step) was killed, most often by the OOM killer "
                        "(`dmesg`) or the job scheduler; the ranks then stop on their own")
 CAUSE_INTERRUPT = "a SIGINT sent to the rank itself (Ctrl-C in a terminal of its process group, `kill -INT`)"
@@ -87,6 +91,8 @@ KINDS = {
     "checkpoint_write": Kind(OWN, CAUSE_WRITE),
     "preempt_save": Kind(OWN, CAUSE_WRITE),        # last.ckpt not saved after SIGTERM
     "shard_limit": Kind(OWN, CAUSE_SHARDS),
+    "nonfinite_loss": Kind(OWN, CAUSE_NONFINITE),  # a NaN/inf loss: every rank stops, nothing saved
+    "nonfinite_weights": Kind(OWN, CAUSE_NONFINITE),  # NaN/inf weights found at a save
     "stopping": Kind(OWN, CAUSE_STOPPING),         # our `Stopping: <reason>` for any other reason
     "launcher_gone": Kind(OWN, CAUSE_LAUNCHER_GONE),
     "interrupted": Kind(OWN, CAUSE_INTERRUPT),
@@ -105,7 +111,7 @@ KINDS = {
 # One stop every rank logs: the first line is the failure, the others' lines are the same stop.
 TOGETHER = ("shard_limit", "stopping")
 # Logged at ERROR by the rank that writes checkpoints (global rank 0), at INFO by the others.
-WRITER_ONLY = ("checkpoint_write", "preempt_save")
+WRITER_ONLY = ("checkpoint_write", "preempt_save", "nonfinite_weights")
 
 # ---- texts that are not ours ----
 # torch's DataLoader: a worker that died (its SIGCHLD handler, or the batch ring's own check, with
@@ -145,7 +151,7 @@ TRACEBACK_FRAME_HEAD = b'File "'
 KEPT = 12  # per rank, its first failure lines (the first failure and what followed); the rest are counted
 # The heads of our own lines that can end a run (a rank's main process).
 HEADS = (lf.UNCAUGHT.head, lf.STOPPING.head, lf.PREEMPT_SAVED.head, lf.PARENT_GONE.head, lf.PARENT_KILL.head,
-         lf.INTERRUPTED.head)
+         lf.INTERRUPTED.head, lf.NONFINITE_LOSS.head, lf.NONFINITE_WEIGHTS.head)
 
 
 def role(kind: str) -> str:
@@ -181,6 +187,13 @@ def of_line(s: bytes) -> Failure | None:
         return Failure("checkpoint_write", line, message=text(m.group(1)))
     if m := lf.SHARD_LIMIT_STOP.match(s):
         return Failure("shard_limit", line, message=text(m.group(1)))
+    if m := lf.NONFINITE_LOSS.pattern.match(s):
+        return Failure("nonfinite_loss", line, message=f"{text(m.group(1))} at step {int(m.group(3))} (batch "
+                       f"{int(m.group(4))} of epoch {int(m.group(2))}); its batch: {text(m.group(6))}")
+    if m := lf.NONFINITE_WEIGHTS.pattern.match(s):
+        return Failure("nonfinite_weights", line, message=f"at step {int(m.group(2))} of epoch {int(m.group(1))}")
+    if lf.NONFINITE_ELSEWHERE.pattern.match(s):  # the other ranks' words for the same stop
+        return Failure("stopped_together", line)
     if m := lf.STOPPING.pattern.match(s):  # another reason a rank stops the run on purpose
         return Failure("stopping", line, message=text(m.group(1)))
     if m := lf.PREEMPT_NOT_SAVED.pattern.match(s):

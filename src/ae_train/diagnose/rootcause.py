@@ -161,6 +161,10 @@ def headline(f: Failure) -> str:
         return f"{who} could not save {_cut(f.message)} after {f.signal}"
     if k == "shard_limit":
         return f"the ranks stopped the run on unreadable shards: {_cut(f.message)}; {who} read the first"
+    if k == "nonfinite_loss":
+        return f"{who} had a non-finite loss {_cut(f.message)}; every rank stopped, nothing saved from it"
+    if k == "nonfinite_weights":
+        return f"{who} found non-finite weights {f.message} at a save; every rank stopped, nothing saved"
     if k == "stopping":
         return f"{who} stopped the run: {_cut(f.message)}"
     if k == "launcher_gone":
