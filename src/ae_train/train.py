@@ -22,6 +22,7 @@ from .callbacks.checkpoint import LoggedModelCheckpoint
 from .callbacks.debug import DebugCallback
 from .callbacks.preemption import PreemptionCallback
 from .callbacks.progress import ConsoleProgressBar, console_is_terminal
+from .callbacks.reconstructions import Reconstructions
 from .callbacks.shard_errors import ShardErrorLimit, TooManyShardErrors
 from .callbacks.step_checkpoint import StepCheckpoint
 from .callbacks.summary import EpochSummary
@@ -140,7 +141,8 @@ def _model(cfg: Config, facts: DataFacts, total_steps: int) -> AutoEncoder:
         log.info(lf.MLP_ON_IMAGES.template, "x".join(map(str, spec.shape)), spec.size)
     return AutoEncoder(m.input_dim, m.latent_dim, m.hidden_dims, m.activation, m.lr, m.weight_decay, m.warmup_steps,
                        total_steps=total_steps, arch=m.arch, input_shape=m.input_shape, conv_channels=m.conv_channels,
-                       sample_key=cfg.data.sample_key, decoder=spec.decoder)
+                       sample_key=cfg.data.sample_key, decoder=spec.decoder,
+                       image_size=list(spec.resize) if spec.resize else None, image_mode=spec.mode)
 
 
 def _announce(cfg: Config, run: RunDir, ts: str, rank: int, world: int, local_rank: int, node_rank: int,
@@ -184,6 +186,7 @@ def main(cfg: Config) -> int:
         *lightning_args.build(cfg.trainer.callbacks, "trainer.callbacks"),
         shard_errors,
         EpochSummary(shard_errors),
+        *([Reconstructions(run.reconstructions)] if has_val else []),
         preemption,
         HangWatchdog(cfg.log.hang_timeout_s),
         *([StepCheckpoint(ckpt_dir, cfg.checkpoint.every_n_steps, max(1, cfg.data.num_workers))]

@@ -47,8 +47,9 @@ class NoReadableSamples(RuntimeError):
 class _Batcher:
     """Fills preallocated batches slot by slot (rows in blocks, members one by one)."""
 
-    def __init__(self, spec: SampleSpec, batch_size: int, new=None, times=None):
+    def __init__(self, spec: SampleSpec, batch_size: int, new=None, times=None, seed: tuple[int, int] | None = None):
         self.spec, self.batch_size, self.times = spec, batch_size, times
+        self.seed = seed  # (seed, epoch): with the sample key, draws each sample's augmentation (decode.py)
         self._new = new or (lambda: np.empty((batch_size, *spec.shape), spec.dtype))
         self.cur: np.ndarray | None = None  # taken when its first sample comes: a ring slot only while filled
         self.fill = 0
@@ -75,9 +76,9 @@ class _Batcher:
             self.cur = self._new()
         try:
             if self.times is None:
-                decode_into(self.spec, data, self.cur[self.fill])
+                decode_into(self.spec, data, self.cur[self.fill], key, self.seed)
             else:
-                self.times.timed("decode", decode_into, self.spec, data, self.cur[self.fill])
+                self.times.timed("decode", decode_into, self.spec, data, self.cur[self.fill], key, self.seed)
         except ShardError as e:
             raise ShardError(f"sample {key}: {e}") from None
         self.fill += 1
@@ -218,7 +219,7 @@ class ShardBatches(IterableDataset):
         log.info(lf.PROCESSING.template, wp.shards, len(self.urls), self.name, self.epoch, wp.samples, wp.batches)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         t0, tally = time.perf_counter(), _Tally(wp.batches)
-        batcher = _Batcher(self.spec, self.batch_size, self._new_batch, self.stage_times)
+        batcher = _Batcher(self.spec, self.batch_size, self._new_batch, self.stage_times, (self.seed, self.epoch))
         for k, piece in enumerate(wp.pieces):
             following = wp.pieces[k + 1].shard if k + 1 < len(wp.pieces) else None
             yield from self._piece_batches(piece, following, rng, batcher, tally)
@@ -314,9 +315,9 @@ class ShardBatches(IterableDataset):
         for url in self.urls:
             try:
                 with_key = self._streamed(Piece(self.urls.index(url), 0, self.batch_size), None)
-                for _, data in with_key:
+                for key, data in with_key:
                     slot = np.empty(self.spec.shape, self.spec.dtype)
-                    decode_into(self.spec, data, slot)
+                    decode_into(self.spec, data, slot, key, (self.seed, self.epoch))
                     out.append(slot)
                     if len(out) == self.batch_size:
                         break
