@@ -76,18 +76,20 @@ def test_preprocess_resizes_the_shorter_side_and_crops_the_centre(photo):
         assert _psnr(out, ref) > 45, size  # the same pixels, up to rounding
 
 
-def test_preprocess_jpeg_draft_close_to_full_decode(photo):
-    data = _encoded(Image.fromarray(photo), "JPEG")
-    for size in ((16, 16), (40, 40)):
-        out = np.zeros((3, *size), np.uint8)
-        decode_into(_spec(size), data, out)
-        full = Image.open(io.BytesIO(data)).convert("RGB")  # full-size decode, then the same resize and crop
-        box = preprocess.crop_box(full.width, full.height, *size, None)
-        ref = np.asarray(full.resize(size[::-1], Image.Resampling.BICUBIC, box=box)).transpose(2, 0, 1)
-        assert _psnr(out, ref) > 30, size
-    drafted = Image.open(io.BytesIO(data))
-    drafted.draft("RGB", (16, 16))
-    assert drafted.size[0] < photo.shape[1]  # a reduced DCT scale was available to the decoder
+@pytest.mark.parametrize("decoder", ["simplejpeg", "pillow"])
+def test_preprocess_jpeg_reduced_decode_close_to_full_decode(photo, decoder, monkeypatch):
+    if decoder == "pillow":  # Pillow's draft: CMYK JPEGs always, every JPEG where simplejpeg is missing
+        monkeypatch.setattr(preprocess, "simplejpeg", None)
+    for mode, image, sizes in (("RGB", photo, ((16, 16), (40, 40))), ("CMYK", photo, ((16, 16), (40, 40))),
+                               ("RGB", photo[:128, :160], ((32, 32), (16, 20)))):  # exactly 1/4 and 1/8: a slice
+        data = _encoded(Image.fromarray(image).convert(mode), "JPEG")
+        for size in sizes:
+            out = np.zeros((3, *size), np.uint8)
+            decode_into(_spec(size), data, out)
+            full = Image.open(io.BytesIO(data)).convert("RGB")  # full-size decode, then the same resize and crop
+            box = preprocess.crop_box(full.width, full.height, *size, None)
+            ref = np.asarray(full.resize(size[::-1], Image.Resampling.BICUBIC, box=box)).transpose(2, 0, 1)
+            assert _psnr(out, ref) > 30, (mode, size)
 
 
 def test_preprocess_augmentation_is_drawn_per_sample(photo):
