@@ -170,9 +170,9 @@ def ours_cpu(directory: Path, size: int, batch: int, workers: int) -> tuple[floa
     from ae_train.data.splits import resolve
 
     logs.set_tag("bench")
-    cfg = load_config(None, [f"--data.train_shards={directory}/img-*.tar", "--data.val_shards=", "--data.sample_key=jpg",
-                             f"--data.image_size={size}", f"--data.batch_size={batch}", f"--data.num_workers={workers}",
-                             "--model.arch=conv"])
+    cfg = load_config(None, [f"--data.train_shards={directory}/img-*.tar", "--data.val_shards=",
+                             "--data.sample_key=jpg", f"--data.image_size={size}", f"--data.batch_size={batch}",
+                             f"--data.num_workers={workers}", "--model.arch=conv"])
     epoch = [0]
     loader = make_loader(cfg.data, resolve(cfg).splits["train_shards"], "train_shards", lambda: (epoch[0], 0), 0, 1,
                          cfg.seed, True)
@@ -223,7 +223,9 @@ def main() -> int:
 
     print(f"machine: {os.cpu_count()} CPUs, Pillow {PIL.__version__} (libjpeg-turbo "
           f"{PIL.features.version('libjpeg_turbo')}), webdataset {webdataset.__version__}")
-    print(f"shards: {len(urls)} x {a.per_shard:,} JPEGs, shorter side {'..'.join(map(str, sorted(set(shorter))))}, mean {np.mean([len(d) for d in sample]) / 1e3:.1f} kB"
+    sides = "..".join(map(str, sorted(set(shorter))))
+    print(f"shards: {len(urls)} x {a.per_shard:,} JPEGs, shorter side {sides}, "
+          f"mean {np.mean([len(d) for d in sample]) / 1e3:.1f} kB"
           f" (+ .txt, .json) in plain .tar; {a.size}x{a.size} RGB, batch {a.batch}, {a.workers} workers")
     us = per_image(sample[:300], a.size)
     print(f"\n1. CPU per image, one process: full decode + resize + crop {us['full']:,.0f} us; Pillow draft + one "

@@ -128,13 +128,25 @@ def test_preprocess_differing_images_need_image_size(tmp_path):
     assert val.shape == spec.shape and not (val.random_crop or val.random_flip)
 
 
+def test_preprocess_image_size_from_flags_and_files(tmp_path):
+    from ae_train.config import load_config
+
+    assert load_config(None, ["--data.image_size=32"]).data.image_size == [32]
+    assert load_config(None, ["--data.image_size=32,48"]).data.image_size == [32, 48]
+    (tmp_path / "c.yaml").write_text("data:\n  image_size: 32\n  image_mode: L\n")
+    cfg = load_config(str(tmp_path / "c.yaml"), [])
+    assert cfg.data.image_size == [32] and image_spec(cfg.data, training=False).shape == (1, 32, 32)
+    assert preprocess.size_hw([32, 48]) == (32, 48) and preprocess.size_hw([]) is None
+
+
 @pytest.mark.parametrize("flag,message", [
     ("--data.image_size=0", "data.image_size must be a size in pixels >= 1 (an int, or [H, W]), got 0"),
     ("--data.image_mode=CMYK", "data.image_mode must be RGB or L, got 'CMYK'"),
     ("--data.random_crop=true", "data.random_crop needs data.image_size (the crop size)"),
 ])
 def test_preprocess_bad_values_are_one_line(tmp_path, flag, message):
-    r = subprocess.run([sys.executable, "-m", "ae_train", "fit", f"--output_dir={tmp_path}/out", "--data.sample_key=jpg",
-                        "--model.arch=conv", flag], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    cmd = [sys.executable, "-m", "ae_train", "fit", f"--output_dir={tmp_path}/out", "--data.sample_key=jpg",
+           "--model.arch=conv", flag]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == ExitCode.BAD_INPUT and r.stderr.strip() == f"ae-train: error: {message}", r.stderr
     assert not (tmp_path / "out").exists()

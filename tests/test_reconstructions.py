@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ae_train import logformat as lf
-from ae_train.callbacks.reconstructions import GAP, MIN_TILE, PANEL, Reconstructions
+from ae_train.callbacks.reconstructions import GAP, LEGEND, MIN_TILE, PANEL, Reconstructions
 
 
 def _lines(run) -> list[re.Match]:
@@ -53,7 +53,7 @@ def test_reconstructions_of_vectors_as_lines(debug_run):
     pictures = sorted((debug_run.out / "reconstructions").glob("*.png"))
     assert [p.name for p in pictures] == ["epoch_000.png", "epoch_001.png"]
     with Image.open(pictures[0]) as img:
-        assert img.size == (PANEL[0], 8 * PANEL[1] + 7 * GAP)
+        assert img.size == (PANEL[0], LEGEND + 8 * PANEL[1] + 7 * GAP)
         pixels = np.asarray(img).reshape(-1, 3)
     colours = {tuple(c) for c in pixels}
     assert (31, 119, 180) in colours and (255, 127, 14) in colours  # input and reconstruction lines

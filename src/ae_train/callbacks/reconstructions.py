@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 MIN_TILE = 64  # images smaller than this are enlarged (nearest) to be seen
 GAP = 2  # pixels between tiles
 PANEL = (256, 56)  # a vector's panel, width x height
+LEGEND = 14  # pixels above the panels: "input" in blue, "reconstruction" in orange
 INPUT_RGB, RECON_RGB = (31, 119, 180), (255, 127, 14)
 
 
@@ -131,16 +132,17 @@ def _vector_panels(x: np.ndarray, x_hat: np.ndarray):
     n = len(x)
     x, x_hat = x.reshape(n, -1), x_hat.reshape(n, -1)
     width, height = PANEL
-    picture = Image.new("RGB", (width, n * height + (n - 1) * GAP), (255, 255, 255))
+    picture = Image.new("RGB", (width, LEGEND + n * height + (n - 1) * GAP), (255, 255, 255))
     draw = ImageDraw.Draw(picture)
+    draw.text((4, 1), "input", fill=INPUT_RGB)
+    draw.text((48, 1), "reconstruction", fill=RECON_RGB)
     at = np.linspace(0, x.shape[1] - 1, min(x.shape[1], width - 8)).round().astype(int)  # at most one value a pixel
     xs = np.linspace(4, width - 4, len(at)) if len(at) > 1 else np.array([width / 2])
     for i in range(n):
-        top = i * (height + GAP)
+        top = LEGEND + i * (height + GAP)
         lo, hi = float(min(x[i, at].min(), x_hat[i, at].min())), float(max(x[i, at].max(), x_hat[i, at].max()))
         span = hi - lo or 1.0
-        if i:
-            draw.line([(0, top - 1), (width, top - 1)], fill=(200, 200, 200))
+        draw.line([(0, top - 1), (width, top - 1)], fill=(200, 200, 200))
         for values, colour in ((x[i, at], INPUT_RGB), (x_hat[i, at], RECON_RGB)):
             ys = top + height - 4 - (values - lo) / span * (height - 8)
             points = list(zip(xs.tolist(), ys.tolist()))

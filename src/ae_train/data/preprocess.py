@@ -5,9 +5,10 @@
 Resize and crop are one Pillow `resize` with a source box (the crop's footprint in the image), so
 only the pixels kept are computed. JPEGs are first decoded at the smallest DCT scale that still
 covers the target: libjpeg-turbo's scaled IDCT skips most of the full-size work. YCbCr and grey
-JPEGs go through simplejpeg (any n/8 scale, header parsed in C, colour converted by libjpeg: ~14%
-less CPU than Pillow here, docs/BENCHMARKS.md); others (CMYK, ...) through Pillow's `Image.draft`
-(1/2, 1/4, 1/8). The box is mapped onto the reduced image exactly. Pixels go straight into the
+JPEGs go through simplejpeg (any n/8 scale, header parsed in C, colour converted by libjpeg: 12
+to 25% less CPU than Pillow's draft here, docs/BENCHMARKS.md); others (CMYK, ...) through
+Pillow's `Image.draft` (1/2, 1/4, 1/8). The box is mapped onto the reduced image exactly; where
+the reduced image is already at scale, a slice replaces the resize. Pixels go straight into the
 caller's slot of a preallocated batch, as uint8 C x H x W.
 
 Augmentation is drawn per sample from a hash of (seed, epoch, sample key), never from a worker's
@@ -29,7 +30,6 @@ except ImportError:  # a dependency; without it Pillow's draft (1/2, 1/4, 1/8) d
     simplejpeg = None
 
 RESAMPLE = "BICUBIC"  # antialiased in Pillow (its support widens with the downscale factor)
-MODES = ("RGB", "L")
 CHANNELS = {"RGB": 3, "L": 1}
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
