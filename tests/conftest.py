@@ -30,6 +30,43 @@ def make_shards(directory: Path, sizes: list[int], prefix: str = "train", dim: i
     return write_shards(str(directory), prefix, data, sizes)
 
 
+def img2dataset_shards(directory: Path, prefix: str, sizes: list[int], seed: int,
+                       shorter: tuple[int, int] = (36, 60)) -> list[str]:
+    """Plain `.tar` shards as img2dataset writes them (resize_mode=keep_ratio): `<key>.jpg` of varied
+    sizes, every 7th grey and every 11th CMYK, with `<key>.txt` (a caption) and `<key>.json` (metadata)
+    beside; written with Pillow and tarfile, not by ae_train (no ae_index.json: the launcher counts)."""
+    import io
+    import json
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from ae_train.data.make import noise_textures, photo_like
+
+    rng, textures = np.random.default_rng(seed), noise_textures(4, 128, seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths, n = [], 0
+    for s, count in enumerate(sizes):
+        path = directory / f"{prefix}-{s:05d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for _ in range(count):
+                img = Image.fromarray(photo_like(rng, textures, shorter))
+                img = img.convert("L") if n % 7 == 3 else img.convert("CMYK") if n % 11 == 5 else img
+                buf = io.BytesIO()
+                img.save(buf, "JPEG", quality=90)
+                key = f"{s:05d}{n:04d}"
+                meta = {"key": key, "width": img.width, "height": img.height, "caption": f"image {n}"}
+                for ext, data in (("jpg", buf.getvalue()), ("txt", f"image {n}".encode()),
+                                  ("json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                n += 1
+        paths.append(str(path))
+    return paths
+
+
 @dataclass
 class Run:
     proc: subprocess.CompletedProcess
@@ -78,6 +115,22 @@ def debug_run(uneven_shards, tmp_path_factory) -> Run:
               f"--data.val_shards={uneven_shards}/val-*.tar", f"--data.batch_size={BS}", "--data.num_workers=2",
               f"--trainer.max_epochs={EPOCHS}", "--debug=true", "--log.train_every=5", "--log.val_every=2",
               "--log.sample_ledger=true", "--trainer.callbacks=ddp_helpers.WarnOnRank1")
+    assert run.proc.returncode == 0, run.console + run.text("*.log")
+    return run
+
+
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory) -> Run:
+    """The image autoencoder as users train it: img2dataset-style JPEG shards of varied sizes and modes
+    (grey, CMYK among RGB, .txt/.json beside), resized to 32x32 with random crops and flips, 2 ranks,
+    2 epochs; 32 validation samples = 2 ranks x 2 batches of 8, none dropped."""
+    tmp = tmp_path_factory.mktemp("image_run")
+    img2dataset_shards(tmp / "d", "train", [40, 40], seed=0)
+    img2dataset_shards(tmp / "d", "val", [32], seed=1)
+    run = fit(tmp / "out", f"--data.train_shards={tmp}/d/train-*.tar", f"--data.val_shards={tmp}/d/val-00000.tar",
+              "--data.sample_key=jpg", "--model.arch=conv", "--data.image_size=32", "--data.random_crop=true",
+              "--data.random_flip=true", "--model.input_dim=0", "--model.conv_channels=8,16",
+              f"--data.batch_size={BS}", "--data.num_workers=1", f"--trainer.max_epochs={EPOCHS}")
     assert run.proc.returncode == 0, run.console + run.text("*.log")
     return run
 

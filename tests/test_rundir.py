@@ -37,7 +37,9 @@ def test_rundir_names_every_file_a_run_made(tmp_path):
     assert named <= made, sorted(map(str, named - made))
     rest = made - named  # Lightning's own files, each in a directory RunDir names
     assert all(p.parent == run.checkpoints and p.suffix == ".ckpt" or p.parent == run.metrics / ts
-               or run.tensorboard / ts in p.parents for p in rest), sorted(map(str, rest))
+               or run.tensorboard / ts in p.parents or p == run.reconstructions / "epoch_000.png"
+               for p in rest), sorted(map(str, rest))
+    assert run.reconstructions / "epoch_000.png" in rest  # the one validation's picture
     assert any(p.name.startswith("best-") for p in rest)
     assert not run.launch_counts(ts).exists()  # the ranks' facts file lives as long as the run
     assert run.config.read_text().startswith(CONFIG_MARK) and run.config.read_text() == run.run_config(ts).read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -45,6 +46,29 @@ def test_use_evaluate_agrees_with_val_loss(trained):
     assert result["mse"] == pytest.approx(val_loss, rel=1e-5), (result["mse"], val_loss)
     r = ae_train("evaluate", "--ckpt", str(ckpt), "--shards", f"{tmp}/d/val-000000.tar", "--out", str(out))
     assert r.returncode == ExitCode.BAD_INPUT and "exists; evaluate never replaces a file" in r.stderr
+
+
+def test_use_evaluate_images_reports_psnr_and_ssim(image_run, tmp_path):
+    """The checkpoint carries data.image_size: evaluate resizes as validation did, and agrees with it."""
+    ckpt = image_run.out / "checkpoints" / "last.ckpt"
+    val = next(p for p in (image_run.out.parent / "d").glob("val-*.tar"))
+    out = tmp_path / "eval.json"
+    r = ae_train("evaluate", "--ckpt", str(ckpt), "--shards", str(val), "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"^mse [\d.]+, psnr [\d.]+ dB, ssim -?[\d.]+ over 32 samples of 1 shard", r.stdout, re.M), r.stdout
+    result = json.loads(out.read_text())
+    shard = result["shards"][0]
+    assert result["samples"] == shard["samples"] == 32 and {"mse", "psnr", "ssim"} <= set(shard)
+    rows = list(csv.DictReader(open(next((image_run.out / "metrics").rglob("metrics.csv")))))
+    last = [row for row in rows if row.get("val_loss")][-1]
+    assert result["mse"] == pytest.approx(float(last["val_loss"]), rel=1e-4)
+    assert result["psnr"] == pytest.approx(float(last["val_psnr"]), rel=1e-4)
+    export = tmp_path / "export"
+    r = ae_train("export", "--ckpt", str(ckpt), "--out", str(export))
+    assert r.returncode == 0, r.stdout + r.stderr
+    meta = json.loads((export / "export.json").read_text())
+    assert meta["input_shape"] == [3, 32, 32] and meta["preprocess"]["image_size"] == [32, 32]
+    assert meta["preprocess"]["image_mode"] == "RGB"
 
 
 def test_use_encode_writes_every_sample_once_on_two_ranks(trained):

@@ -55,6 +55,19 @@ class DataConfig:
     count_timeout_s: int = 300
     """A shard whose sample count (or first sample) does not arrive in this many seconds is given up
     on like an unreadable one (a hung mount, a stalled server)."""
+    image_size: list[int] = field(default_factory=list)
+    """Images: the size every image is made (an int for a square, or `[H, W]`; flag `64` or `64,48`):
+    the shorter side resized with antialiasing to cover it, then the centre cropped (JPEGs decoded at a
+    reduced scale first). Empty: images as stored, which must then all share one size and mode."""
+    image_mode: str = "RGB"
+    """Images, with data.image_size: `RGB` (3 channels) or `L` (1, grey); every image (grey, CMYK,
+    palette, RGBA, 16-bit) is converted to it."""
+    random_crop: bool = False
+    """Training images, with data.image_size: crop at a random place instead of the centre (seeded
+    per sample from seed, epoch and sample key). Validation, `evaluate` and `encode` crop the centre."""
+    random_flip: bool = False
+    """Training images: flip half of them horizontally (seeded per sample from seed, epoch and sample
+    key, so a resumed run sees the same augmentation)."""
 
 
 @dataclass
@@ -174,6 +187,8 @@ def _convert(value: Any, typ: Any, where: str, key: str) -> Any:
             from_flag = False
         elif from_flag:
             value = [v for v in value.split(",") if v.strip()] if value.strip() else []
+        if item is int and isinstance(value, int) and not isinstance(value, bool):
+            value = [value]  # `image_size: 64` in a file: a list of one
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r} ({where})")
         return [_convert(v, item, where if from_flag else where.replace("flag", "value of flag"), key) for v in value]
@@ -331,6 +346,10 @@ def validate(cfg: Config) -> None:
         (cfg.data.ring_slots == -1 or cfg.data.ring_slots == 0 or cfg.data.ring_slots >= 3,
          "data.ring_slots must be -1 (auto), 0 (off) or >= 3"),
         (cfg.data.count_timeout_s >= 1, "data.count_timeout_s must be >= 1"),
+        (len(cfg.data.image_size) <= 2 and all(d >= 1 for d in cfg.data.image_size),
+         f"data.image_size must be a size in pixels >= 1 (an int, or [H, W]), got {','.join(map(str, cfg.data.image_size))}"),
+        (cfg.data.image_mode in ("RGB", "L"), f"data.image_mode must be RGB or L, got '{cfg.data.image_mode}'"),
+        (bool(cfg.data.image_size) or not cfg.data.random_crop, "data.random_crop needs data.image_size (the crop size)"),
         (cfg.model.latent_dim >= 1, "model.latent_dim must be >= 1"),
         (all(h >= 1 for h in cfg.model.hidden_dims), "model.hidden_dims must all be >= 1"),
         (cfg.model.activation in ("relu", "gelu", "silu", "tanh"), "model.activation must be one of relu, gelu, silu, tanh"),

@@ -4,8 +4,11 @@
 
 Writes `encoder.pt2` and `decoder.pt2` (torch.export programs with a dynamic batch dimension; where
 torch.export cannot trace a model, TorchScript `encoder.ts` / `decoder.ts` instead) and
-`export.json` (input shape and dtype, latent width, how to load). The encoder takes a batch as the
-shards hold it: uint8 images (B, C, H, W), scaled to [0, 1] inside, or float32 arrays (B, *shape).
+`export.json` (input shape and dtype, latent width, how to load, and for images the preprocessing the
+model was trained with). The encoder takes a batch as training fed it: uint8 images (B, C, H, W),
+scaled to [0, 1] inside, or float32 arrays (B, *shape). Images trained with data.image_size must be
+prepared the same way first (export.json `preprocess`: shorter side resized with antialiasing to
+cover H x W, centre crop, converted to the mode); `ae_train.data.preprocess.image_into` does exactly that.
 In plain PyTorch:
 
     enc = torch.export.load("DIR/encoder.pt2").module()
@@ -88,6 +91,14 @@ def main(argv: list[str]) -> int:
             "sample_key": model.hparams.get("sample_key", "x.npy"), "latent_dim": int(z.shape[1]),
             "encoder": enc_path.name, "decoder": dec_path.name,
             "load": "torch.export.load(path).module()" if enc_path.suffix == ".pt2" else "torch.jit.load(path)"}
+    if spec.resize:
+        h, w = spec.resize
+        meta["preprocess"] = {
+            "image_size": [h, w], "image_mode": spec.mode,
+            "steps": f"decode; convert to {spec.mode}; resize the shorter side (bicubic, antialiased) so the image "
+                     f"covers {h}x{w}; crop the centre {h}x{w}; uint8 (C, H, W) = ({spec.shape[0]}, {h}, {w})",
+            "python": "ae_train.data.preprocess.image_into(jpeg_or_png_bytes, out=np.empty(input_shape, np.uint8), "
+                      f"mode={spec.mode!r})"}
     (out / "export.json").write_text(json.dumps(meta, indent=1))
     print(f"wrote {enc_path} and {dec_path} (input {'x'.join(map(str, spec.shape))} {spec.dtype}, "
           f"latent {meta['latent_dim']}); load with {meta['load']}")

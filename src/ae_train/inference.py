@@ -35,7 +35,9 @@ def spec_of_model(model: AutoEncoder) -> SampleSpec:
     """What the model was trained on (saved in its hyperparameters), as the reader's SampleSpec."""
     hp = model.hparams
     decoder = hp.get("decoder", "npy")
-    return SampleSpec(tuple(model.input_shape), "uint8" if decoder == "image" else "float32", decoder)
+    resize = tuple(hp["image_size"]) if hp.get("image_size") else None  # the training run's data.image_size
+    return SampleSpec(tuple(model.input_shape), "uint8" if decoder == "image" else "float32", decoder, resize,
+                      hp.get("image_mode", "") if resize else "")
 
 
 def shard_batches(url: str, sample_key: str, spec: SampleSpec, batch_size: int):
@@ -69,6 +71,31 @@ def encode_batch(model: AutoEncoder, batch: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def squared_errors(model: AutoEncoder, batch: np.ndarray) -> np.ndarray:
     """Per-sample mean squared reconstruction error, (n,) float64."""
+    return scores(model, batch)["mse"]
+
+
+SSIM_KERNEL = 11  # torchmetrics' default Gaussian window; smaller images use the largest odd size that fits
+
+
+@torch.no_grad()
+def scores(model: AutoEncoder, batch: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-sample scores, each (n,) float64: `mse` (as val_loss measures it) for every input; for images
+    (uint8 batches) also `psnr` (dB) and `ssim` of the reconstruction clamped to [0, 1], by torchmetrics
+    (`ssim` left out for images under 3 pixels a side)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
     x = model.inputs(torch.from_numpy(batch).to(model.device))
-    err = (model(x).float() - x.float()) ** 2
-    return err.reshape(len(x), -1).mean(dim=1).double().cpu().numpy()
+    x_hat = model(x).float()
+    x = x.float()
+    out = {"mse": ((x_hat - x) ** 2).reshape(len(x), -1).mean(dim=1).double().cpu().numpy()}
+    if batch.dtype != np.uint8 or x.dim() != 4:
+        return out
+    x_hat = x_hat.clamp(0, 1)
+    out["psnr"] = peak_signal_noise_ratio(x_hat, x, data_range=1.0, reduction="none",
+                                          dim=(1, 2, 3)).double().cpu().numpy()
+    side = min(x.shape[-2:])
+    kernel = min(SSIM_KERNEL, side if side % 2 else side - 1)
+    if kernel >= 3:
+        out["ssim"] = structural_similarity_index_measure(x_hat, x, data_range=1.0, kernel_size=kernel,
+                                                          reduction="none").double().cpu().numpy()
+    return out

@@ -251,6 +251,12 @@ ALL_FINISHED = Message("All %d rank(s) finished", (2,), re.compile(rb"All (\d+) 
 # A rank's main process.
 MLP_ON_IMAGES = Message("model.arch=mlp on %s images: each is flattened to %d values (pixels scaled to [0, 1])",
                         ("1x28x28", 784), re.compile(rb"model\.arch=mlp on (\S+) images"))
+RECONSTRUCTIONS = Message("Reconstructions of epoch %d: %s (%d validation inputs%s; %.0f ms)",
+                          (3, "output/ae_demo/reconstructions/epoch_003.png", 8, ", val_psnr 24.31 dB", 4),
+                          re.compile(rb"Reconstructions of epoch (\d+): (.+) \((\d+) validation inputs"))
+RECONSTRUCTIONS_FAILED = Message("Reconstructions of epoch %d not written: %s (training goes on)",
+                                 (3, "OSError: [Errno 28] No space left on device"),
+                                 re.compile(rb"Reconstructions of epoch (\d+) not written: (.*) \(training"))
 STOPPING = Message("Stopping: %s", ("5 of 40 shards of train_shards could not be read in epoch 0, over the limit of 4 "
                                     "(data.max_shard_errors=0.1); see the ERROR lines naming each shard",),
                    re.compile(rb"Stopping: (.*)"), doc_cut="in epoch 0, ")

@@ -3,7 +3,9 @@
 Batches arrive as float32 arrays or uint8 images; images are scaled to [0, 1] here, on the device,
 so workers hand over a quarter of the bytes. `mlp` flattens any input to a vector and shapes the
 reconstruction back; `conv` takes C x H x W: stride-2 convolutions down to `latent_dim`, the mirror
-image up, the output cropped to the input size (the stride-2 path rounds sizes up).
+image up, the output cropped to the input size (the stride-2 path rounds sizes up). For images the
+validation also logs `val_psnr`: the mean per-image PSNR (dB, torchmetrics) of the reconstructions
+clamped to [0, 1], the images one would look at.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import math
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from .batch import samples_of
 
@@ -64,9 +67,11 @@ class AutoEncoder(pl.LightningModule):
     def __init__(self, input_dim: int, latent_dim: int, hidden_dims: list[int], activation: str = "gelu",
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, total_steps: int = 1000,
                  arch: str = "mlp", input_shape: list[int] | None = None, conv_channels: list[int] | None = None,
-                 sample_key: str = "x.npy", decoder: str = "npy"):
-        # sample_key and decoder are not used here: saved with the weights, they tell `encode`,
-        # `evaluate` and `export` what one input is (the member, and uint8 images vs float arrays).
+                 sample_key: str = "x.npy", decoder: str = "npy", image_size: list[int] | None = None,
+                 image_mode: str = ""):
+        # sample_key, decoder, image_size and image_mode are not used here: saved with the weights, they
+        # tell `encode`, `evaluate` and `export` what one input is (the member, uint8 images vs float
+        # arrays, and how images were resized and converted: data.image_size, data.image_mode).
         super().__init__()
         self.save_hyperparameters()
         self.input_shape = tuple(input_shape or (input_dim,))
@@ -100,8 +105,13 @@ class AutoEncoder(pl.LightningModule):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x = self.inputs(batch)
-        loss = nn.functional.mse_loss(self(x), x)
+        x_hat = self(x)
+        loss = nn.functional.mse_loss(x_hat, x)
         self.log("val_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(x))
+        if samples_of(batch).dtype == torch.uint8:  # images: PSNR per image, averaged over the epoch's samples on all ranks
+            psnr = peak_signal_noise_ratio(x_hat.clamp(0, 1), x, data_range=1.0, reduction="none",
+                                           dim=tuple(range(1, x.dim())))
+            self.log("val_psnr", psnr.mean(), on_step=False, on_epoch=True, sync_dist=True, batch_size=len(x))
         return loss
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:

@@ -6,6 +6,7 @@
       logs/.shard_counts_<ts>.json                        the launcher's data facts for its ranks (run's life)
       checkpoints/last.ckpt, checkpoints/best-*.ckpt      LastCheckpoint (+ preemption), ModelCheckpoint
       metrics/<ts>/metrics.csv                            CSVLogger (tensorboard/<ts>/ when installed)
+      reconstructions/epoch_<NNN>.png                     validation inputs and their reconstructions (rank 0)
       config.yaml, config_<ts>.yaml                       the resolved config: latest run, each run
       shard_counts.json                                   sample counts read from shards, reused next run
       .ae_train.lock                                      one run per output_dir (runlock.py)
@@ -92,6 +93,11 @@ class RunDir:
     def tensorboard(self) -> Path:
         """TensorBoard's event files, tensorboard/<ts>/ (when it is installed and no logger was named)."""
         return self.root / TENSORBOARD
+
+    @property
+    def reconstructions(self) -> Path:
+        """Pictures of validation inputs and their reconstructions, one per validation (callbacks/reconstructions.py)."""
+        return self.root / "reconstructions"
 
     # ---- configs, lock, counts ----
     @property

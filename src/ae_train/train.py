@@ -25,6 +25,7 @@ from .callbacks.ledger import SampleLedger
 from .callbacks.nonfinite import NonFiniteGuard, NonFiniteLoss
 from .callbacks.preemption import PreemptionCallback
 from .callbacks.progress import ConsoleProgressBar, console_is_terminal
+from .callbacks.reconstructions import Reconstructions
 from .callbacks.shard_errors import ShardErrorLimit, TooManyShardErrors
 from .callbacks.summary import EpochSummary
 from .callbacks.watchdog import HangWatchdog
@@ -144,7 +145,8 @@ def _model(cfg: Config, facts: DataFacts, total_steps: int) -> AutoEncoder:
         log.info(lf.MLP_ON_IMAGES.template, "x".join(map(str, spec.shape)), spec.size)
     return AutoEncoder(m.input_dim, m.latent_dim, m.hidden_dims, m.activation, m.lr, m.weight_decay, m.warmup_steps,
                        total_steps=total_steps, arch=m.arch, input_shape=m.input_shape, conv_channels=m.conv_channels,
-                       sample_key=cfg.data.sample_key, decoder=spec.decoder)
+                       sample_key=cfg.data.sample_key, decoder=spec.decoder,
+                       image_size=list(spec.resize) if spec.resize else None, image_mode=spec.mode)
 
 
 def _announce(cfg: Config, run: RunDir, ts: str, rank: int, world: int, local_rank: int, node_rank: int,
@@ -189,6 +191,7 @@ def main(cfg: Config) -> int:
         NonFiniteGuard(cfg.log.train_every),  # first of ours: a NaN loss stops the run before anything logs or saves it
         shard_errors,
         EpochSummary(shard_errors),
+        *([Reconstructions(run.reconstructions)] if has_val else []),
         preemption,
         HangWatchdog(cfg.log.hang_timeout_s),
         *([SampleLedger(run.ledger(rank, ts))] if cfg.log.sample_ledger else []),

@@ -7,7 +7,9 @@ travel with a sample but are no input. `data.sample_key` names the input member 
 extension (`png`, `x.npy`); the last part (`npy`) picks the decoder.
 
 Images are decoded straight into a slot of a preallocated batch (`decode_into`), so a worker hands
-over one uint8 array per batch and the pixels are scaled to [0, 1] on the device.
+over one uint8 array per batch and the pixels are scaled to [0, 1] on the device. With
+`data.image_size` the spec carries the preprocessing (size, mode, training augmentation) and images
+of any size and mode are made that one shape (preprocess.py); without it they are taken as stored.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from functools import cached_property
 
 import numpy as np
 
+from . import preprocess
 from .tario import Member, ShardError, npy_layout
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff", "gif")
@@ -41,10 +44,15 @@ def decoder_of(sample_key: str) -> str:
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """What every sample's input is: its shape and the dtype batches carry."""
+    """What every sample's input is: its shape and the dtype batches carry, and for images resized on
+    the way (`resize` set) the mode they are converted to and the training augmentation of the split."""
     shape: tuple[int, ...]
     dtype: str  # "uint8" (images, scaled on the device) or "float32"
     decoder: str  # "image", "npy" or "torch"
+    resize: tuple[int, int] | None = None  # (H, W): data.image_size; None: images as stored
+    mode: str = ""  # "RGB" or "L" with resize
+    random_crop: bool = False  # training split only
+    random_flip: bool = False  # training split only
 
     @cached_property  # read for every sample decoded
     def size(self) -> int:
@@ -57,11 +65,15 @@ class SampleSpec:
         return f"{self.size} values" + (f" ({what}{dims})" if len(self.shape) > 1 else "")
 
     def to_dict(self) -> dict:
-        return {"shape": list(self.shape), "dtype": self.dtype, "decoder": self.decoder}
+        return {"shape": list(self.shape), "dtype": self.dtype, "decoder": self.decoder,
+                "resize": list(self.resize) if self.resize else None, "mode": self.mode,
+                "random_crop": self.random_crop, "random_flip": self.random_flip}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SampleSpec":
-        return cls(tuple(d["shape"]), d["dtype"], d["decoder"])
+        resize = d.get("resize")
+        return cls(tuple(d["shape"]), d["dtype"], d["decoder"], tuple(resize) if resize else None, d.get("mode", ""),
+                   bool(d.get("random_crop")), bool(d.get("random_flip")))
 
 
 def _image(data: bytes):
@@ -122,11 +134,25 @@ def spec_of(decoder: str, arr: np.ndarray) -> SampleSpec:
     return SampleSpec(tuple(int(d) for d in arr.shape) or (1,), "float32", decoder)
 
 
-def decode_into(spec: SampleSpec, data: bytes, out: np.ndarray) -> None:
+def decode_into(spec: SampleSpec, data: bytes, out: np.ndarray, key: str = "",
+                seed: tuple[int, int] | None = None) -> None:
     """Decode one member into `out` (a slot of a batch, shape spec.shape); a sample whose shape
-    differs from the first sample's is a ShardError that says both."""
+    differs from the first sample's is a ShardError that says both. `seed` (seed, epoch) with the
+    sample's `key` draws its training augmentation when the spec has any; None: none (deterministic)."""
+    at, flip = None, False
+    if seed is not None and (spec.random_crop or spec.random_flip):
+        y, x, coin = preprocess.draw(seed[0], seed[1], key)
+        at, flip = ((y, x) if spec.random_crop else None), coin and spec.random_flip
+    if spec.resize is not None:
+        try:
+            preprocess.image_into(data, out, spec.mode, at, flip)
+        except Exception as e:  # Pillow raises many types for broken images
+            raise ShardError(f"cannot decode image ({type(e).__name__}: {e})") from None
+        return
     arr = decode(spec.decoder, data)
     if arr.size != spec.size or (spec.decoder == "image" and arr.shape != spec.shape):
         got = "x".join(map(str, arr.shape)) or "scalar"
-        raise ShardError(f"holds {arr.size} values ({got}), the first sample of the split holds {spec.describe()}")
-    out[...] = arr.reshape(spec.shape)
+        hint = "; set data.image_size to resize images of differing sizes and modes" if spec.decoder == "image" else ""
+        raise ShardError(f"holds {arr.size} values ({got}), the first sample of the split holds {spec.describe()}"
+                         + hint)
+    out[...] = arr[..., ::-1].reshape(spec.shape) if flip else arr.reshape(spec.shape)

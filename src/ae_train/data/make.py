@@ -4,7 +4,9 @@
 Synthetic vectors are low-rank plus noise (x = z @ W + 0.05 * noise, z of `rank` dims), so an
 autoencoder with a latent of at least `rank` dims can learn to reconstruct them. Synthetic images
 are a coloured disc or square on a colour gradient (the label says which shape): few parameters
-per image, so a small conv autoencoder learns them in a few epochs.
+per image, so a small conv autoencoder learns them in a few epochs. Photo-like images (`photo_like`)
+are crops of colour 1/f noise, the power spectrum of natural images: as JPEGs they cost what photos
+cost to decode (benchmarks and tests of the resizing decoder).
 """
 from __future__ import annotations
 
@@ -71,6 +73,38 @@ def synthetic_images(num: int, size: int, channels: int, seed: int):
             (np.abs(yy - cy) < r) & (np.abs(xx - cx) < r)
         img[inside] = fg
         yield (np.clip(img, 0, 1) * 255).astype(np.uint8), label
+
+
+def noise_textures(count: int, size: int, seed: int) -> list[np.ndarray]:
+    """`count` colour 1/f noise images (size x size x 3 uint8), channels correlated as in photos."""
+    rng = np.random.default_rng(seed)
+    fy, fx = np.fft.fftfreq(size)[:, None], np.fft.rfftfreq(size)[None, :]
+    freq = np.sqrt(fx ** 2 + fy ** 2)
+    freq[0, 0] = 1.0
+    amp = 1.0 / freq  # power ~ 1/f^2
+
+    def spectrum():
+        return rng.standard_normal(amp.shape) + 1j * rng.standard_normal(amp.shape)
+
+    out = []
+    for _ in range(count):
+        shared = spectrum()
+        chans = [np.fft.irfft2((0.8 * shared + 0.45 * spectrum()) * amp, s=(size, size)) for _ in range(3)]
+        img = np.stack([(c - c.mean()) / (c.std() + 1e-9) for c in chans], -1) * 48 + rng.uniform(70, 180, 3)
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return out
+
+
+def photo_like(rng: np.random.Generator, textures: list[np.ndarray], shorter: tuple[int, int],
+               max_ratio: float = 1.5) -> np.ndarray:
+    """A crop (H, W, 3) of one of `textures`: shorter side in [shorter[0], shorter[1]], the longer up to
+    `max_ratio` times it (capped by the texture), either orientation, as `keep_ratio` downloads are."""
+    tex = textures[int(rng.integers(len(textures)))]
+    short = int(rng.integers(shorter[0], shorter[1] + 1))
+    long = min(int(short * rng.uniform(1.0, max_ratio)), tex.shape[1])
+    h, w = (short, long) if rng.random() < 0.5 else (long, short)
+    y, x = int(rng.integers(tex.shape[0] - h + 1)), int(rng.integers(tex.shape[1] - w + 1))
+    return tex[y:y + h, x:x + w]
 
 
 def _png(img: np.ndarray) -> bytes:

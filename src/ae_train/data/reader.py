@@ -59,8 +59,10 @@ class _Batcher:
     (float data) a batch filled member by member is checked for NaN/inf as it completes (screen.py);
     the keys and shards of its rows are kept for naming a bad one."""
 
-    def __init__(self, spec: SampleSpec, batch_size: int, new=None, times=None, keys: bool = False, screen=None):
+    def __init__(self, spec: SampleSpec, batch_size: int, new=None, times=None, keys: bool = False, screen=None,
+                 seed: tuple[int, int] | None = None):
         self.spec, self.batch_size, self.times = spec, batch_size, times
+        self.seed = seed  # (seed, epoch): with the sample key, draws each sample's augmentation (decode.py)
         self._new = new or (lambda: np.empty((batch_size, *spec.shape), spec.dtype))
         self.cur: np.ndarray | None = None  # taken when its first sample comes: a ring slot only while filled
         self.fill = 0
@@ -103,9 +105,9 @@ class _Batcher:
             self.cur = self._new()
         try:
             if self.times is None:
-                decode_into(self.spec, data, self.cur[self.fill])
+                decode_into(self.spec, data, self.cur[self.fill], key, self.seed)
             else:
-                self.times.timed("decode", decode_into, self.spec, data, self.cur[self.fill])
+                self.times.timed("decode", decode_into, self.spec, data, self.cur[self.fill], key, self.seed)
         except ShardError as e:
             raise ShardError(f"sample {key}: {e}") from None
         if self.keys is not None:
@@ -289,7 +291,7 @@ class ShardBatches(IterableDataset):
         rng = worker_rng(seg.seed, self.epoch, self.rank, worker, len(self.segments) - 1)
         t0, tally = time.perf_counter(), _Tally(wp.batches)
         batcher = _Batcher(self.spec, self.batch_size, self._new_batch, self.stage_times, self.keys,
-                           self._screen_members if self._screen else None)
+                           self._screen_members if self._screen else None, (self.seed, self.epoch))
         for k, piece in enumerate(wp.pieces):
             whole = self.planner.whole(piece.shard, seg)
             order = piece_order(len(piece), rng, whole, seg.shuffle, seg.shuffle_buffer)  # before any read
@@ -423,7 +425,7 @@ class ShardBatches(IterableDataset):
             try:
                 for key, data in self._streamed(Piece(i, 0, self.batch_size), None):
                     slot = np.empty(self.spec.shape, self.spec.dtype)
-                    decode_into(self.spec, data, slot)
+                    decode_into(self.spec, data, slot, key, (self.seed, self.epoch))
                     out.append(slot)
                     names.append(key)
                     if len(out) == self.batch_size:
