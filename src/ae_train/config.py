@@ -55,6 +55,12 @@ class DataConfig:
     count_timeout_s: int = 300
     """A shard whose sample count (or first sample) does not arrive in this many seconds is given up
     on like an unreadable one (a hung mount, a stalled server)."""
+    read_retries: int = 3
+    """A remote read that fails in a way that may pass (connection cut, timeout, HTTP 5xx, S3
+    throttling) is retried up to this many times in a row, resuming where the stream broke, with a
+    WARNING each time; only then is it a shard error. 0: no retries."""
+    read_retry_backoff_s: float = 1.0
+    """Seconds before the first retry of a remote read; doubled for each further one (at most 60 s)."""
 
 
 @dataclass
@@ -327,6 +333,8 @@ def validate(cfg: Config) -> None:
         (cfg.data.ring_slots == -1 or cfg.data.ring_slots == 0 or cfg.data.ring_slots >= 3,
          "data.ring_slots must be -1 (auto), 0 (off) or >= 3"),
         (cfg.data.count_timeout_s >= 1, "data.count_timeout_s must be >= 1"),
+        (cfg.data.read_retries >= 0, "data.read_retries must be >= 0"),
+        (0 <= cfg.data.read_retry_backoff_s <= 3600, "data.read_retry_backoff_s must be between 0 and 3600"),
         (cfg.model.latent_dim >= 1, "model.latent_dim must be >= 1"),
         (all(h >= 1 for h in cfg.model.hidden_dims), "model.hidden_dims must all be >= 1"),
         (cfg.model.activation in ("relu", "gelu", "silu", "tanh"), "model.activation must be one of relu, gelu, silu, tanh"),

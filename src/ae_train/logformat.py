@@ -120,8 +120,12 @@ COMPLETED = Message("COMPLETED iteration, total samples: %d (epoch %d, batches %
                     re.compile(rb"COMPLETED iteration, total samples: (\d+) \(epoch (\d+), batches (\d+)"
                                rb"(?:[^)]*, ([A-Za-z_]\w*)\))?"))
 
-SKIP_REST = Message("Skipping the rest of shard %s: %s", ("/data/train-000004.tar", "truncated tar: ..."),
-                   re.compile(rb"Skipping the rest of shard (.+?): (.*)"))
+# A remote read that failed in a way that may pass (data/remote.py): WARNING, then the read goes on.
+READ_RETRY = Message("Retrying shard %s (retry %d of %d, data.read_retries) in %.1fs: %s; %s",
+                     ("https://host/ae/train-000017.tar.gz", 1, 3, 1.0,
+                      "curl exited with code 18: curl: (18) transfer closed with 524288 bytes remaining to read",
+                      "resuming at byte 524288 by an HTTP range request"),
+                     re.compile(rb"Retrying shard (.+?) \(retry (\d+) of (\d+), data\.read_retries\) in [\d.]+s: (.*)"))
 PADDING = Message("%s: worker read %d of %d planned samples; padding %d batch(es) with repeats to keep batch counts "
                   "equal across ranks", ("train_shards", 80, 120, 5),
                   re.compile(rb"(\S+): worker read (\d+) of (\d+) planned samples; padding (\d+) batch"),

@@ -114,8 +114,10 @@ class ShardBatches(IterableDataset):
         self.buffer_bytes, self.shuffle_buffer = buffer_bytes, shuffle_buffer
         self.stage_times = stage_times  # a StageTimes the reader fills (bench-data); None: no clock reads
         self.plan: EpochPlan = make_plan(counts, world, num_workers, batch_size, seed, epoch, shuffle)
-        # Shard errors of this epoch, summed over this rank's workers (forked workers share it).
+        # Shard errors of this epoch, summed over this rank's workers (forked workers share it), and which
+        # shards they are (a shard split between workers or ranks is one shard error).
         self.errors = multiprocessing.Value("i", 0)
+        self.failed = multiprocessing.Array("b", len(urls), lock=False)  # guarded by errors' lock
         self.plan_errors = 0  # shards found broken when counted (set by the DataModule)
         self.skip_batches = 0  # batches of this epoch already trained (a mid-epoch resume)
         # Set by EpochDataLoader before the workers fork: workers fill its slots and yield Slots (ring.py).
@@ -133,6 +135,7 @@ class ShardBatches(IterableDataset):
                      self.plan.dropped, self.plan.padded)
         with self.errors.get_lock():
             self.errors.value = 0
+            self.failed[:] = bytes(len(self.urls))
 
     def _plan_for(self, epoch: int) -> None:
         """In a worker that serves several epochs: the plan of `epoch` (the rank announced it)."""
@@ -232,7 +235,10 @@ class ShardBatches(IterableDataset):
 
     def _piece_batches(self, piece: Piece, following: int | None, rng: np.random.Generator, batcher: "_Batcher",
                        tally: "_Tally"):
-        """The batches completed by one shard piece; a read error is reported (once per shard) and ends it."""
+        """The batches completed by one shard piece. A read error ends it: planned samples of this worker
+        were not delivered, so it is an ERROR naming the shard and a shard error, whichever part of the
+        shard the piece is. A shard counts once however many of its pieces fail (`failed`: per shard, for
+        the rank's workers; ShardErrorLimit merges the ranks')."""
         url, t_shard, read = self.urls[piece.shard], time.perf_counter(), [0]
         try:
             batches = self._fast_piece(piece, following, rng, batcher, tally.left, read) if self._fast(url) \
@@ -241,13 +247,12 @@ class ShardBatches(IterableDataset):
                 tally.took(batch)
                 yield batch
         except (OSError, ShardError) as e:
-            if piece.start > 0:  # the reader of the shard's first samples reports and counts it
-                log.debug(lf.SKIP_REST.template, url, reason(e))
-            else:
-                tally.errors += 1
-                with self.errors.get_lock():
+            tally.errors += 1
+            with self.errors.get_lock():
+                if not self.failed[piece.shard]:
+                    self.failed[piece.shard] = 1
                     self.errors.value += 1
-                log.error(lf.SHARD_ERROR.template, url, reason(e))
+            log.error(lf.SHARD_ERROR.template, url, reason(e))
         tally.samples += read[0]
         if read[0]:
             log.debug(lf.FINISHED_SHARD.template, url, read[0], time.perf_counter() - t_shard)
