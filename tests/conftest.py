@@ -284,6 +284,22 @@ def s3_env():
     proc.wait()
 
 
+def flaky_server(*flags: str) -> tuple[subprocess.Popen, str]:
+    """(process, base URL) of tests/flaky_http.py: a real server (`--root DIR`) or proxy (`--upstream URL`)
+    that cuts responses halfway, ignores ranges or answers 503 as its flags say. Kill it when done."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    return _serve([sys.executable, str(TESTS / "flaky_http.py"), "--port", str(port), *flags], base + "/_stats"), base
+
+
+def server_stats(base: str) -> dict:
+    """The flaky server's GET counts per path: gets, whole (200), ranged (206), cut."""
+    import json
+    import urllib.request
+    with urllib.request.urlopen(base + "/_stats", timeout=10) as r:
+        return json.loads(r.read())
+
+
 ELASTIC_SIZES = [600, 313, 77, 500, 517]  # 2007 samples: 125 batches of 8 per rank on 2 ranks (7 dropped)
 
 

@@ -76,11 +76,14 @@ class BatchHashes(Callback):
 
 
 class KillRank1At(Callback):
-    """Rank 1 SIGKILLs itself after batch B of epoch E ($AE_TEST_KILL_AT="E:B"): no signal, no save."""
+    """Rank 1 SIGKILLs itself after batch B of epoch E ($AE_TEST_KILL_AT="E:B"): no signal, no save.
+    Under torchrun only in the first attempt (TORCHELASTIC_RESTART_COUNT 0): the restart runs through."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         import os
         import signal
+        if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+            return
         epoch, at = (int(x) for x in os.environ["AE_TEST_KILL_AT"].split(":"))
         if trainer.global_rank == 1 and trainer.current_epoch == epoch and batch_idx == at:
             os.kill(os.getpid(), signal.SIGKILL)

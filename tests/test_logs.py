@@ -99,3 +99,25 @@ def test_logs_failed_writes_are_reported_once_and_do_not_stop_the_process(tmp_pa
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("cannot write log file") == 1 and "still running" in r.stdout
     assert "warning 4" in (tmp_path / "debug_rank0_20260101_000000.log").read_text()
+
+
+def test_logs_startup_log_becomes_the_debug_log_with_every_line(tmp_path):
+    r = child(tmp_path, """
+        path = logs.setup_startup_logging(d, 1, 2)
+        log.info("before the run has a name")
+        os.write(2, b"gloo says something on fd 2\\n")
+        log.error("blocked in set-up")
+        assert path.name.startswith("startup_rank1_") and path.exists()
+        # the run's timestamp: not taken by a start-up log of the same second
+        ts = logs.new_run_timestamp(d)
+        assert ts == path.name[len("startup_rank1_"):-4], (ts, path.name)
+        logs.setup_rank_logging(d, ts, 1, 2, debug=False)
+        log.info("after")
+    """)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("startup")] == []
+    (debug,) = tmp_path.glob("debug_rank1_*.log")
+    lines = debug.read_text().splitlines()
+    assert [ln.split("] ", 2)[-1] for ln in lines if "[Rank 1/2]" in ln or "gloo" in ln] == [
+        "before the run has a name", "gloo says something on fd 2", "blocked in set-up", "after"], lines
+    assert "[ERROR] [Rank 1/2] blocked in set-up" in r.stdout  # errors reach the console from the first second

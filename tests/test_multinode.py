@@ -3,6 +3,7 @@
 The launches are the documented ones, each script run as it is: scripts/torchrun_node.sh (torchrun),
 train_ae.sh with NNODES/NODE_RANK/MASTER_ADDR (our launcher on each node) and scripts/slurm_train.sbatch,
 whose srun line starts its tasks through a stand-in `srun` that gives each the environment SLURM gives.
+And a torchrun restart (MAX_RESTARTS) after a rank was killed.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ae_train import logformat as lf
 from conftest import DIM, ROOT, TESTS, free_port, make_shards
 from helpers import markers
 
@@ -125,3 +127,30 @@ def test_multinode_slurm_sbatch_script_runs_its_srun_line(shards, tmp_path):
     cfg = (out / f"config_{ts}.yaml").read_text()  # the script's own flags, none of them given here
     assert "num_nodes: 2" in cfg and "devices: '1'" in cfg and "resume: auto" in cfg, cfg
     assert "[DEBUG]" in (out / "logs" / f"debug_rank1_{ts}.log").read_text()
+
+
+def test_multinode_torchrun_restart_after_a_kill_resumes_and_finishes(shards, tmp_path):
+    """scripts/torchrun_node.sh with MAX_RESTARTS=1 (the static rendezvous, one store for every attempt):
+    rank 1 is SIGKILLed in the first attempt; the restarted attempt joins a store of its own, resumes from
+    the step checkpoint, finishes, exit 0."""
+    out = tmp_path / "out"
+    flags = [f"--output_dir={out}", f"--data.train_shards={shards}", "--data.val_shards=", "--data.batch_size=8",
+             "--data.num_workers=2", "--trainer.max_epochs=1", "--trainer.accelerator=cpu",
+             "--checkpoint.every_n_steps=6", "--trainer.callbacks=ddp_helpers.KillRank1At", *MODEL]
+    env = dict(os.environ, PYTHON=sys.executable, NNODES="1", NODE_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()), GPUS_PER_NODE="2", MAX_RESTARTS="1", AE_TEST_KILL_AT="0:9",
+               PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run(["scripts/torchrun_node.sh", *flags], capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    logs = out / "logs"
+    assert r.returncode == 0, r.stdout + r.stderr + "".join(p.read_text() for p in logs.glob("*.log"))
+    assert not list(logs.glob("startup_rank*.log")), "every rank of both attempts got through set-up"
+    first, second = sorted({lf.RUN_FILE.fullmatch(p.name).group(2) for p in logs.glob("*.log")})
+    killed = (logs / f"debug_rank1_{first}.log").read_text()
+    assert "torchrun (restart 0 of 1" in killed and "Training finished" not in killed
+    ranks = [(logs / f"debug_rank{n}_{second}.log").read_text() for n in (0, 1)]
+    assert re.search(r"Start-up of rank 1/2: host=\S+ pid=\d+, started by torchrun \(restart 1 of 1", ranks[1])
+    assert re.search(r"Process-group set-up: joined rank 0's store at 127\.0\.0\.1:\d+ \(torchrun restart 1\)", ranks[1])
+    for text in ranks:  # the step checkpoint before the kill (batch 9): resumed there, in epoch 0
+        assert re.search(r"Resuming from \S+last\.ckpt at epoch 0, step 6\b", text), text
+        assert "TRAINING START ========== resumed at batch 6" in text
+    assert "Training finished: 1 epochs" in (logs / f"train_{second}.log").read_text()

@@ -96,6 +96,36 @@ def test_reader_remote_and_gzip_read_errors_name_url_and_reason(http_root, tmp_p
     assert re.search(rf"Error reading shard {re.escape(str(packed))}: truncated gzip stream", text)
 
 
+def test_reader_a_later_piece_that_loses_samples_is_an_error_and_a_shard_error(tmp_path, caplog):
+    """A shard split between two workers whose second half cannot be read: the worker planned for it
+    logs an ERROR naming the shard and counts a shard error (never only a DEBUG line), then pads."""
+    import gzip
+    from pathlib import Path
+
+    (good,) = make_shards(tmp_path, [64])
+    packed = tmp_path / "cut.tar.gz"
+    data = gzip.compress(Path(good).read_bytes())
+    packed.write_bytes(data[: len(data) * 3 // 4])  # samples 0..~47 survive
+    ds = ShardBatches([str(packed)], [64], "train_shards", "x.npy", 16, 8, 2, 0, 1, 0, False)
+    assert [(p.start, p.stop) for w in ds.plan.workers[0] for p in w.pieces] == [(0, 32), (32, 64)]
+    with caplog.at_level("DEBUG", logger="ae_train"):
+        first, second = list(ds._worker_batches(0)), list(ds._worker_batches(1))
+    assert len(first) == len(second) == 4 and ds.errors.value == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"Error reading shard {packed}: truncated gzip stream (compressed data ends before its end "
+                      "marker); skipped"], errors
+    assert re.search(r"train_shards: worker read 1\d of 32 planned samples; padding \d batch", caplog.text)
+    assert re.search(r"COMPLETED iteration, total samples: 32 \(epoch 0, batches 4, shards 1, errors 0", caplog.text)
+    assert re.search(r"COMPLETED iteration, total samples: 1\d \(epoch 0, batches 4, shards 1, errors 1", caplog.text)
+    # Broken near its start: both workers lose their samples, two ERRORs, one shard error
+    packed.write_bytes(data[: len(data) // 10])
+    ds.set_epoch(0)
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="ae_train"):
+        first, second = list(ds._worker_batches(0)), list(ds._worker_batches(1))
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 2 and ds.errors.value == 1
+
+
 @pytest.mark.parametrize("skip", [1, 2, 3, 7])
 def test_reader_mid_epoch_resume_keeps_the_order_for_any_skip(tmp_path, skip):
     """A resumed epoch (any number of batches already trained, odd ones too) goes on with the batches an

@@ -1,8 +1,11 @@
 """Shards as users have them, end to end: gzip-compressed .png/.cls shards made by GNU tar, served by a
 real HTTP server (`pipe:curl` and `http://` URLs) into a 2-rank conv autoencoder; uneven `.npy` shards
-in a bucket of a real S3-compatible server (moto in server mode); bad shape and member before any rank."""
+in a bucket of a real S3-compatible server (moto in server mode); bad shape and member before any rank.
+Remote reads that fail on the way (tests/flaky_http.py: a real server, or a proxy in front of moto, that
+cuts responses halfway, ignores ranges, answers 503) are retried and resume where they broke."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -12,7 +15,7 @@ import numpy as np
 import pytest
 
 from ae_train.exitcodes import ExitCode
-from conftest import ROOT, fit, make_shards
+from conftest import ROOT, fit, flaky_server, make_shards, server_stats
 from helpers import markers
 
 SIZE = 16  # 3 x 16 x 16 images
@@ -164,3 +167,177 @@ def test_remote_npy_batches_equal_the_local_fast_path(http_root, tmp_path):
         return torch.cat(list(DataLoader(ds, batch_size=None, num_workers=0))).numpy()
 
     np.testing.assert_array_equal(batches(urls), batches(paths))
+
+
+# ---- remote reads that retry (data/remote.py) ----
+
+@pytest.fixture(scope="module")
+def cut_shards(tmp_path_factory) -> Path:
+    """A plain and a gzip shard of 200 samples each (about 200 kB and 90 kB), no index beside them."""
+    import gzip
+
+    root = tmp_path_factory.mktemp("cut")
+    plain, other = make_shards(root, [200, 200], prefix="cut")
+    Path(other).with_suffix(".tar.gz").write_bytes(gzip.compress(Path(other).read_bytes()))
+    Path(other).unlink()
+    (root / "ae_index.json").unlink()
+    return root
+
+
+@pytest.fixture
+def quick_retries():
+    """data.read_retries=3 with a 0.05 s backoff for this test (the process-wide policy is put back)."""
+    from ae_train.data import remote
+
+    before = remote.retry_policy()
+    remote.set_retry_policy(3, 0.05)
+    yield remote
+    remote.set_retry_policy(before.retries, before.backoff_s)
+
+
+def _retry_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.getMessage().startswith("Retrying")]
+
+
+def test_remote_cut_http_reads_resume_with_a_range_request(cut_shards, quick_retries, caplog):
+    from ae_train.data.stream import count_stream
+    from ae_train.data.urls import read_small
+
+    proc, base = flaky_server("--root", str(cut_shards), "--cut", "full")
+    names = ["cut-000000.tar", "cut-000001.tar.gz"]
+    try:
+        with caplog.at_level("WARNING", logger="ae_train"):
+            for name in names:
+                assert read_small(f"{base}/{name}") == (cut_shards / name).read_bytes()
+                # gzip: the compressed stream resumed at its offset, the decompressor never noticed
+                assert count_stream(f"{base}/{name}") == count_stream(str(cut_shards / name))
+        stats = server_stats(base)
+    finally:
+        proc.kill()
+    assert stats["cut"] == stats["ranged"] == {f"/{n}": 2 for n in names}, stats
+    lines = _retry_lines(caplog)
+    assert len(lines) == 4, lines
+    for line in lines:
+        assert re.fullmatch(rf"Retrying shard {re.escape(base)}/cut-00000[01]\.tar(\.gz)? \(retry 1 of 3, "
+                            r"data\.read_retries\) in [\d.]+s: curl exited with code 18: curl: \(18\) .*; "
+                            r"resuming at byte \d+ by an HTTP range request", line), line
+
+
+def test_remote_pipe_and_servers_without_ranges_read_again_and_skip(cut_shards, quick_retries, caplog):
+    from ae_train.data.urls import read_small
+
+    proc, base = flaky_server("--root", str(cut_shards), "--cut", "first", "--ignore-range")
+    try:
+        with caplog.at_level("WARNING", logger="ae_train"):
+            assert read_small(f"{base}/cut-000000.tar") == (cut_shards / "cut-000000.tar").read_bytes()
+            data = read_small(f"pipe:curl -s {base}/cut-000001.tar.gz")
+        stats = server_stats(base)
+    finally:
+        proc.kill()
+    assert data == (cut_shards / "cut-000001.tar.gz").read_bytes()
+    # http: cut, a range request answered with the whole file (curl 33), then read again; pipe: cut, run again
+    assert stats["gets"] == {"/cut-000000.tar": 3, "/cut-000001.tar.gz": 2} and not stats["ranged"], stats
+    lines = _retry_lines(caplog)
+    assert len(lines) == 2 and "resuming at byte" in lines[0] and lines[1].startswith(
+        f"Retrying shard pipe:curl -s {base}/cut-000001.tar.gz (retry 1 of 3, data.read_retries)"), lines
+    assert re.search(r"pipe command '.*' exited with code 18; resuming at byte \d+ by reading again and skipping the "
+                     "bytes already delivered", lines[1]), lines[1]
+
+
+def test_remote_busy_server_is_retried_missing_and_exhausted_are_shard_errors(cut_shards, quick_retries, caplog):
+    from ae_train.data.urls import read_small
+
+    busy, busy_base = flaky_server("--root", str(cut_shards), "--status-first", "503")
+    broken, broken_base = flaky_server("--root", str(cut_shards), "--cut", "full", "--ignore-range")
+    quick_retries.set_retry_policy(2, 0.05)
+    try:
+        with caplog.at_level("WARNING", logger="ae_train"):
+            assert read_small(f"{busy_base}/cut-000000.tar") == (cut_shards / "cut-000000.tar").read_bytes()
+            assert len(_retry_lines(caplog)) == 1 and "curl exited with code 22" in _retry_lines(caplog)[0]
+            caplog.clear()
+            # Not transient: no retry, the error as it was
+            with pytest.raises(OSError, match=r"curl exited with code 22: .*404$"):
+                read_small(f"{broken_base}/missing.tar")
+            with pytest.raises(OSError, match=r"pipe command 'exit 3' exited with code 3$"):
+                read_small("pipe:exit 3")
+            assert _retry_lines(caplog) == []
+            # Cut every time: retries in a row run out, and the error says so
+            with pytest.raises(OSError, match=r"curl exited with code 18: .*; gave up after 2 retries "
+                                              r"\(data\.read_retries=2\)"):
+                read_small(f"{broken_base}/cut-000000.tar")
+        assert len(_retry_lines(caplog)) == 2
+        assert server_stats(busy_base)["gets"] == {"/cut-000000.tar": 2}
+        assert server_stats(broken_base)["gets"]["/missing.tar"] == 1
+    finally:
+        busy.kill()
+        broken.kill()
+
+
+def test_remote_s3_get_cut_by_a_proxy_resumes_with_a_ranged_get(s3_env, cut_shards, quick_retries, caplog):
+    """Through a real proxy in front of the moto server that cuts every whole-object GET halfway."""
+    import boto3
+
+    from ae_train.data.stream import count_stream
+    from ae_train.data.urls import read_small
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="ae-cut")
+    for name in ("cut-000000.tar", "cut-000001.tar.gz"):
+        s3.upload_file(str(cut_shards / name), "ae-cut", f"d/{name}")
+    proc, base = flaky_server("--upstream", s3_env["AWS_ENDPOINT_URL"], "--cut", "full")
+    quick_retries._CLIENT.clear()  # the process's S3 client: made again for the proxy's endpoint
+    os.environ["AWS_ENDPOINT_URL"] = base
+    try:
+        with caplog.at_level("WARNING", logger="ae_train"):
+            assert count_stream("s3://ae-cut/d/cut-000001.tar.gz") == count_stream(str(cut_shards / "cut-000001.tar.gz"))
+            assert read_small("s3://ae-cut/d/cut-000000.tar") == (cut_shards / "cut-000000.tar").read_bytes()
+            with pytest.raises(OSError, match=r"S3 NoSuchKey \(HTTP 404\)"):
+                read_small("s3://ae-cut/d/missing.tar")
+        stats = server_stats(base)
+    finally:
+        os.environ["AWS_ENDPOINT_URL"] = s3_env["AWS_ENDPOINT_URL"]
+        quick_retries._CLIENT.clear()
+        proc.kill()
+    assert stats["cut"] == stats["ranged"] == {"/ae-cut/d/cut-000000.tar": 1, "/ae-cut/d/cut-000001.tar.gz": 1}, stats
+    lines = _retry_lines(caplog)
+    assert len(lines) == 2 and all("IncompleteRead" in ln and "by an S3 ranged GET" in ln for ln in lines), lines
+
+
+def test_remote_two_ranks_over_a_server_that_cuts_every_whole_get(tmp_path):
+    """Every GET of a whole shard (the launcher's count, each worker's read) is cut halfway: every read
+    resumes with a range request, nothing is lost, nothing is an error."""
+    import gzip
+
+    from ae_train import logformat as lf
+
+    root = tmp_path / "served"
+    paths = make_shards(root, [120] * 4, prefix="mix")
+    for p in paths[2:]:  # two of them gzip-compressed: resumed at the compressed offset
+        Path(p + ".gz").write_bytes(gzip.compress(Path(p).read_bytes()))
+        Path(p).unlink()
+    (root / "ae_index.json").unlink()  # counted by the launcher: its reads are cut too
+    proc, base = flaky_server("--root", str(root), "--cut", "full")
+    urls = [f"{base}/{Path(p).name}" for p in paths[:2]] + [f"{base}/{Path(p).name}.gz" for p in paths[2:]]
+    listing = tmp_path / "shards.txt"
+    listing.write_text("\n".join(urls) + "\n")
+    try:
+        run = fit(tmp_path / "out", f"--data.train_shards={listing}", "--data.val_shards=", "--data.batch_size=8",
+                  "--data.num_workers=2", "--trainer.max_epochs=1", "--debug=true", "--data.read_retry_backoff_s=0.1")
+        stats = server_stats(base)
+    finally:
+        proc.kill()
+    logs = run.text("*.log")
+    assert run.proc.returncode == 0, run.console + logs
+    assert not re.search(r"\[(ERROR|CRITICAL)\]", logs), logs
+    train = run.text("train_*.log")
+    for url in urls:
+        assert re.search(rf"\[WARNING\] \[Launcher\] Retrying shard {re.escape(url)} \(retry 1 of 3", train), url
+        assert re.search(rf"\[WARNING\] \[Rank [01]/2 Worker [01]/2\] Retrying shard {re.escape(url)} \(retry 1 of 3, "
+                         r"data\.read_retries\) in [\d.]+s: curl exited with code 18: .*by an HTTP range request", train), url
+    assert all(stats["cut"][f"/{u.rsplit('/', 1)[1]}"] >= 2 for u in urls), stats
+    # Every planned sample delivered: each worker's COMPLETED total is its plan, the plan is every sample.
+    planned = [int(m.group(5)) for m in lf.PROCESSING.pattern.finditer(logs.encode())]
+    done = [int(m.group(1)) for m in lf.COMPLETED.pattern.finditer(logs.encode())]
+    assert len(planned) == len(done) == 4 and sorted(planned) == sorted(done) and sum(done) == 480, (planned, done)
+    assert "planned samples; padding" not in logs
+    # TODO(sample ledger): with --log.sample_ledger=true, also check the ledger holds each of the 480 samples once.

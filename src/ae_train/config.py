@@ -68,6 +68,12 @@ class DataConfig:
     random_flip: bool = False
     """Training images: flip half of them horizontally (seeded per sample from seed, epoch and sample
     key, so a resumed run sees the same augmentation)."""
+    read_retries: int = 3
+    """A remote read that fails in a way that may pass (connection cut, timeout, HTTP 5xx, S3
+    throttling) is retried up to this many times in a row, resuming where the stream broke, with a
+    WARNING each time; only then is it a shard error. 0: no retries."""
+    read_retry_backoff_s: float = 1.0
+    """Seconds before the first retry of a remote read; doubled for each further one (at most 60 s)."""
 
 
 @dataclass
@@ -350,6 +356,8 @@ def validate(cfg: Config) -> None:
          f"data.image_size must be a size in pixels >= 1 (an int, or [H, W]), got {','.join(map(str, cfg.data.image_size))}"),
         (cfg.data.image_mode in ("RGB", "L"), f"data.image_mode must be RGB or L, got '{cfg.data.image_mode}'"),
         (bool(cfg.data.image_size) or not cfg.data.random_crop, "data.random_crop needs data.image_size (the crop size)"),
+        (cfg.data.read_retries >= 0, "data.read_retries must be >= 0"),
+        (0 <= cfg.data.read_retry_backoff_s <= 3600, "data.read_retry_backoff_s must be between 0 and 3600"),
         (cfg.model.latent_dim >= 1, "model.latent_dim must be >= 1"),
         (all(h >= 1 for h in cfg.model.hidden_dims), "model.hidden_dims must all be >= 1"),
         (cfg.model.activation in ("relu", "gelu", "silu", "tanh"), "model.activation must be one of relu, gelu, silu, tanh"),

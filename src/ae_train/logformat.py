@@ -18,6 +18,8 @@ RANK_TAG = "Rank %d/%d"
 WORKER_TAG = "Rank %d/%d Worker %d/%d"
 TAG = re.compile(rb"Rank (\d+)/(\d+)(?: Worker (\d+)/(\d+))?")
 RUN_FILE = re.compile(r"(?:train|debug_rank(\d+))_(\d{8}_\d{6})\.log")  # train_<ts>.log, debug_rank<N>_<ts>.log
+# startup_rank<N>_<ts>.log, <ts> the rank's own start: a rank's lines before the run had a timestamp (logs.py)
+STARTUP_FILE = re.compile(r"startup_rank(\d+)_(\d{8}_\d{6})\.log")
 TIME_LEN = 23  # `YYYY-MM-DD HH:MM:SS,mmm`, then ` [LEVEL] [TAG] message`
 
 
@@ -114,6 +116,17 @@ HANG = Message("HANG SUSPECTED: no progress for %.0f s in %s (last event: %s)",
 RESOURCES = Message("Resources at hang: rss %.0f MB, cpu time user %.1f s system %.1f s, cuda %s, worker pids %s",
                     (812, 10.1, 2.0, "n/a", "[1240, 1241]"), re.compile(rb"Resources at hang"))
 RESUMED = Message("progress resumed after %.0f s", (700,), re.compile(rb"progress resumed"))
+# A rank's process-group set-up (procgroup.py): each stage (INFO, debug log), and the phase a HANG line names.
+SETUP = Message("Process-group set-up: %s", ("joined rank 0's store at node0:41234 (torchrun restart 1)",),
+                re.compile(rb"Process-group set-up: (.*)"))
+SETUP_PHASE = "process-group set-up, %s; ranks not yet connected: %s"
+SETUP_HANG = Message(HANG.template, (600, SETUP_PHASE % ("init_process_group (gloo): connecting every rank", "3, 5"),
+                                     "checked in at the store; connecting 8 ranks (gloo) at 2026-11-29 05:01:02"),
+                     HANG.pattern)
+# A rank's first line, in its start-up log (or its debug log when the run's timestamp is known at start).
+STARTUP = Message("Start-up of rank %d/%d: host=%s pid=%d, started by %s",
+                  (1, 2, "node1", 1234, "torchrun (restart 1 of 3, run id 5f1c9a2e)"),
+                  re.compile(rb"Start-up of rank (\d+)/(\d+): host=(\S+) pid=(\d+), started by (.*)"))
 DUMP = Message("Stack dump of %s (pid %d), reason: %s", ("rank 1", 1234, "hang"),
                re.compile(rb"Stack dump of (.*?)(?: \(pid (\d+)\))?, reason: (.*)"))
 # A dump's body, faulthandler's layout: per thread a header, then its frames innermost first.
@@ -140,8 +153,12 @@ COMPLETED = Message("COMPLETED iteration, total samples: %d (epoch %d, batches %
                     re.compile(rb"COMPLETED iteration, total samples: (\d+) \(epoch (\d+), batches (\d+)"
                                rb"(?:[^)]*, ([A-Za-z_]\w*)\))?"))
 
-SKIP_REST = Message("Skipping the rest of shard %s: %s", ("/data/train-000004.tar", "truncated tar: ..."),
-                   re.compile(rb"Skipping the rest of shard (.+?): (.*)"))
+# A remote read that failed in a way that may pass (data/remote.py): WARNING, then the read goes on.
+READ_RETRY = Message("Retrying shard %s (retry %d of %d, data.read_retries) in %.1fs: %s; %s",
+                     ("https://host/ae/train-000017.tar.gz", 1, 3, 1.0,
+                      "curl exited with code 18: curl: (18) transfer closed with 524288 bytes remaining to read",
+                      "resuming at byte 524288 by an HTTP range request"),
+                     re.compile(rb"Retrying shard (.+?) \(retry (\d+) of (\d+), data\.read_retries\) in [\d.]+s: (.*)"))
 PADDING = Message("%s: worker read %d of %d planned samples; padding %d batch(es) with repeats to keep batch counts "
                   "equal across ranks", ("train_shards", 80, 120, 5),
                   re.compile(rb"(\S+): worker read (\d+) of (\d+) planned samples; padding (\d+) batch"),

@@ -4,12 +4,18 @@ Handlers sit on the root logger so Lightning's, torch's and Python's warnings la
 every other module only calls `logging.getLogger(__name__)`. A filter stamps `[Rank r/W]` (and
 `Worker w/K` inside DataLoader workers) on each record. After setup, whatever the process writes to
 stdout/stderr (Python prints, C++ banners such as gloo's, tracebacks) goes to the rank's debug log.
+
+A rank that does not know the run's timestamp yet (torchrun, srun: rank 0 names the run over the
+process group) writes `startup_rank<N>_<ts>.log` from its first second, <ts> its own start time
+(setup_startup_logging); once the ranks agree, setup_rank_logging renames it to the rank's debug log,
+whose first lines it then is. A start-up log left in logs/ is a rank that never got through set-up.
 """
 from __future__ import annotations
 
 import logging
 import logging.handlers
 import os
+import shutil
 import sys
 import threading
 import time
@@ -20,22 +26,35 @@ from . import logformat as lf
 FORMAT = lf.LINE_FORMAT
 RUN_TS_ENV = "AE_TRAIN_RUN_TS"
 # INFO records of these loggers are per-rank detail: debug logs only, never the train log or console.
-DEBUG_ONLY = ("ae_train.data", "ae_train.callbacks.debug", "ae_train.callbacks.watchdog", "stdout", "stderr")
+DEBUG_ONLY = ("ae_train.data", "ae_train.callbacks.debug", "ae_train.callbacks.watchdog", "ae_train.procgroup",
+              "ae_train.startup", "stdout", "stderr")
 CONSOLE = {"console": True}  # extra= for the few INFO records the console shows (rank 0's)
 NODE_CONSOLE = {"node_console": True}  # extra= for a line every node's console shows
 FILE_ONLY = {"file_only": True}  # extra= for an error the console already shows as `ae-train: error:`
 HEARTBEAT = {"heartbeat": True}  # extra= for a periodic line that reports no new progress
+STARTUP_PREFIX = "startup_rank"  # startup_rank<N>_<ts>.log: a rank's lines before the run has a timestamp
 
 _state: dict = {"tag": "Launcher", "rank": None, "worker": None, "installed": False, "console": None}
 
 
 def new_run_timestamp(logs_dir: Path) -> str:
-    """YYYYmmdd_HHMMSS, moved forward a second while a run with that stamp already has logs here."""
+    """YYYYmmdd_HHMMSS, moved forward a second while a run with that stamp already has logs here
+    (start-up logs are the ranks' own, not a run's)."""
     t = time.time()
     while True:
         ts = time.strftime("%Y%m%d_%H%M%S", time.localtime(t))
-        if not any(logs_dir.glob(f"*_{ts}.log")):
+        if not any(p for p in logs_dir.glob(f"*_{ts}.log") if not p.name.startswith(STARTUP_PREFIX)):
             return ts
+        t += 1
+
+
+def startup_log(logs_dir: Path, rank: int) -> Path:
+    """`startup_rank<N>_<ts>.log`, <ts> now (a second later while that name is taken: a quick restart)."""
+    t = time.time()
+    while True:
+        path = logs_dir / f"{STARTUP_PREFIX}{rank}_{time.strftime('%Y%m%d_%H%M%S', time.localtime(t))}.log"
+        if not path.exists():
+            return path
         t += 1
 
 
@@ -159,9 +178,13 @@ def print_note(message: str) -> None:
 class _StreamToLogger:
     """File-like object that turns writes into log records, one per line."""
 
-    def __init__(self, logger: logging.Logger, level: int):
-        self.logger, self.level, self._buf = logger, level, ""
+    def __init__(self, logger: logging.Logger, level: int, fd: int):
+        self.logger, self.level, self._buf, self._fd = logger, level, "", fd
         self._lock = threading.Lock()
+
+    def fileno(self) -> int:
+        """The descriptor under it (the log file): faulthandler (torchrun's error handler) writes there."""
+        return self._fd
 
     def write(self, text: str) -> int:
         with self._lock:
@@ -225,10 +248,45 @@ def _console_stream():
     return _state["console"]
 
 
+def setup_startup_logging(logs_dir: Path, rank: int, world: int) -> Path:
+    """A rank's own log before the run's timestamp is known: `startup_rank<N>_<ts>.log` (everything),
+    the console (errors). setup_rank_logging later makes it the rank's debug log."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    path = startup_log(logs_dir, rank)
+    _state.update(rank=rank, worker=None, rank_tag=f"Rank {rank}/{world}", tag=f"Rank {rank}/{world}", startup=path)
+    startup_file = _SafeFileHandler(path, encoding="utf-8")
+    startup_file.redirect_fds = True
+    _install([_handler(startup_file, logging.DEBUG),
+              _handler(_ConsoleHandler(_console_stream()), logging.INFO, _ConsoleFilter())], logging.INFO)
+    logging.getLogger("ae_train").setLevel(logging.INFO)
+    _redirect_output(startup_file)
+    return path
+
+
+def _take_over_startup_log(debug: Path) -> None:
+    """The start-up log becomes the first lines of `debug` (renamed; appended if `debug` exists)."""
+    startup = _state.pop("startup", None)
+    if startup is None or not startup.exists():
+        return
+    root = logging.getLogger()
+    for h in list(root.handlers):  # no handler may write to (or recreate) the old name meanwhile
+        root.removeHandler(h)
+        h.close()
+    root.addHandler(logging.NullHandler())  # not logging's last resort: stderr is a logger here
+    if not debug.exists():
+        os.replace(startup, debug)
+        return
+    with open(startup, "rb") as src, open(debug, "ab") as dst:
+        shutil.copyfileobj(src, dst)
+    startup.unlink()
+
+
 def setup_rank_logging(logs_dir: Path, ts: str, rank: int, world: int, debug: bool) -> dict[str, Path]:
-    """Per-rank files and console; safe to call twice (handlers are replaced, not added)."""
+    """Per-rank files and console; safe to call twice (handlers are replaced, not added). A start-up
+    log this process wrote becomes the debug log's first lines."""
     logs_dir.mkdir(parents=True, exist_ok=True)
     paths = {"train": logs_dir / f"train_{ts}.log", "debug": logs_dir / f"debug_rank{rank}_{ts}.log"}
+    _take_over_startup_log(paths["debug"])
     _state.update(rank=rank, worker=None, rank_tag=f"Rank {rank}/{world}", tag=f"Rank {rank}/{world}")
     level = logging.DEBUG if debug else logging.INFO
     debug_file = _SafeFileHandler(paths["debug"], encoding="utf-8")
@@ -241,17 +299,21 @@ def setup_rank_logging(logs_dir: Path, ts: str, rank: int, world: int, debug: bo
     ], logging.INFO)
     # Debug mode opens DEBUG for our own per-shard/per-batch lines only, not every library's chatter.
     logging.getLogger("ae_train").setLevel(level)
-    # From here on every byte the process prints lands in its debug log: C++ writes via fd 1/2,
-    # Python via the stream objects (as log records, so they carry time and rank).
+    _redirect_output(debug_file)
+    return paths
+
+
+def _redirect_output(file_handler: logging.FileHandler) -> None:
+    """From here on every byte the process prints lands in `file_handler`'s file: C++ writes via fd 1/2,
+    Python via the stream objects (as log records, so they carry time and rank)."""
     sys.stdout.flush()
     sys.stderr.flush()
     for fd in (1, 2):
-        os.dup2(debug_file.stream.fileno(), fd)
-    sys.stdout = _StreamToLogger(logging.getLogger("stdout"), logging.INFO)
-    sys.stderr = _StreamToLogger(logging.getLogger("stderr"), logging.INFO)
+        os.dup2(file_handler.stream.fileno(), fd)
+    sys.stdout = _StreamToLogger(logging.getLogger("stdout"), logging.INFO, 1)
+    sys.stderr = _StreamToLogger(logging.getLogger("stderr"), logging.INFO, 2)
     sys.excepthook = _log_uncaught
     threading.excepthook = lambda a: _log_uncaught(a.exc_type, a.exc_value, a.exc_traceback, a.thread.name)
-    return paths
 
 
 def setup_launcher_logging(logs_dir: Path, ts: str, train_log: bool = True, hold_console: bool = False) -> Path:

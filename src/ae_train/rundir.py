@@ -3,6 +3,7 @@
     <output_dir>/
       logs/train_<ts>.log, logs/debug_rank<N>_<ts>.log   one <ts> per run (logs.py writes them)
       logs/samples_rank<N>_<ts>.tsv                       the sample ledger (log.sample_ledger)
+      logs/startup_rank<N>_<ts>.log                       a rank's lines before the run has a <ts> (torchrun, srun)
       logs/.shard_counts_<ts>.json                        the launcher's data facts for its ranks (run's life)
       checkpoints/last.ckpt, checkpoints/best-*.ckpt      LastCheckpoint (+ preemption), ModelCheckpoint
       metrics/<ts>/metrics.csv                            CSVLogger (tensorboard/<ts>/ when installed)

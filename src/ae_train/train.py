@@ -16,7 +16,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from . import checkpoint_files, lightning_args, logs
+from . import checkpoint_files, lightning_args, logs, procgroup
 from . import logformat as lf
 from .callbacks.checkpoint import LoggedModelCheckpoint
 from .callbacks.debug import DebugCallback
@@ -75,7 +75,9 @@ def agree_on_run_timestamp(cfg: Config, env, rank: int, world: int, local_rank: 
 
     Each node's launcher (or torchrun) starts at its own moment, so clocks cannot name the run. The
     default process group is made here, before Lightning would make it (Lightning then uses it): a
-    gloo backend carries the string, NCCL the training tensors.
+    gloo backend carries the string, NCCL the training tensors. procgroup.join makes it on a store of
+    this attempt only (a torchrun restart reads nothing of the dead attempt) and says HANG SUSPECTED,
+    naming the stage and the ranks not connected, when set-up blocks for log.hang_timeout_s.
     """
     logs_dir = RunDir.of(cfg).logs
     mine = os.environ.get(logs.RUN_TS_ENV) if rank == 0 else None
@@ -86,15 +88,17 @@ def agree_on_run_timestamp(cfg: Config, env, rank: int, world: int, local_rank: 
     gpu = cfg.trainer.accelerator in ("gpu", "cuda")
     if gpu:
         torch.cuda.set_device(local_rank)
-    # env:// so that under torchrun the ranks join the agent's store instead of opening a second one.
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = env.main_address, str(env.main_port)
-    dist.init_process_group("cpu:gloo,cuda:nccl" if gpu else "gloo", init_method="env://", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=cfg.trainer.ddp_timeout_s))
-    if rank == 0 and not mine:
-        logs_dir.mkdir(parents=True, exist_ok=True)
-        mine = logs.new_run_timestamp(logs_dir)
-    box = [mine]
-    dist.broadcast_object_list(box, src=0)
+    watch = procgroup.join("cpu:gloo,cuda:nccl" if gpu else "gloo", rank, world, env.main_address, env.main_port,
+                           timedelta(seconds=cfg.trainer.ddp_timeout_s), cfg.log.hang_timeout_s)
+    try:
+        if rank == 0 and not mine:
+            logs_dir.mkdir(parents=True, exist_ok=True)
+            mine = logs.new_run_timestamp(logs_dir)
+        box = [mine]
+        dist.broadcast_object_list(box, src=0)
+    finally:
+        watch.done()
     return box[0]
 
 

@@ -1,11 +1,12 @@
 """ShardErrorLimit: count unreadable shards per epoch across ranks and stop when too much data is broken.
 
-Workers skip a broken shard and pad so batch counts stay equal; this callback adds up the skips of
-all ranks at the end of each training and validation epoch (one all-reduce, the same point on every
-rank) and raises TooManyShardErrors on every rank at once when the count passes
+Workers skip a broken shard and pad so batch counts stay equal; this callback merges the shards that
+failed on each rank at the end of each training and validation epoch (one all-reduce of a flag per
+shard, the same point on every rank: a shard split between ranks, or between workers, is one shard
+error) and raises TooManyShardErrors on every rank at once when the count passes
 `data.max_shard_errors` (a fraction of the split's shards when below 1, else a count). The samples
-left out for NaN/inf (data/screen.py) are added up in the same all-reduce, for the epoch summary;
-they do not count against the limit.
+left out for NaN/inf (data/screen.py) are summed in a second all-reduce, for the epoch summary; they
+do not count against the limit.
 """
 from __future__ import annotations
 
@@ -37,10 +38,11 @@ class ShardErrorLimit(Callback):
     def _check(self, trainer: pl.Trainer, dataset, what: str) -> None:
         if dataset is None:
             return
-        local = [dataset.errors.value + getattr(dataset, "plan_errors", 0) * (trainer.global_rank == 0),
-                 dataset.nonfinite.value]
-        total, nonfinite = (int(v) for v in trainer.strategy.reduce(torch.tensor(local, dtype=torch.float64),
-                                                                     reduce_op="sum").tolist())
+        failed = torch.frombuffer(memoryview(dataset.failed), dtype=torch.int8).to(torch.int32)  # a flag per shard
+        total = int(torch.count_nonzero(trainer.strategy.reduce(failed, reduce_op="max")))
+        total += getattr(dataset, "plan_errors", 0)  # found broken when counted: never read, never in `failed`
+        nonfinite = int(trainer.strategy.reduce(torch.tensor(dataset.nonfinite.value, dtype=torch.float64),
+                                                reduce_op="sum"))
         self.last[dataset.name], self.nonfinite[dataset.name] = total, nonfinite
         limit = error_limit(self.max_shard_errors, len(dataset.urls))
         if total and trainer.is_global_zero:

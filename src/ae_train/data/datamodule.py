@@ -18,6 +18,7 @@ from .. import stacks
 from ..config import ConfigError, DataConfig
 from .plan import batches_per_rank
 from .reader import ShardBatches
+from .remote import set_retry_policy
 from .resume import OrderState, mismatch, shards_digest
 from .ring import SlotRing
 from .splits import DataFacts, Split
@@ -35,6 +36,7 @@ def make_loader(cfg: DataConfig, split: Split, name: str, state_fn, rank: int, w
     samples' keys, for the sample ledger). `state_fn()` gives (epoch about to run, its batches already
     trained) at each iteration's start."""
     workers = cfg.num_workers if num_workers is None else num_workers
+    set_retry_policy(cfg.read_retries, cfg.read_retry_backoff_s)  # before the workers fork: they inherit it
     ds = ShardBatches(split.urls, split.counts, name, cfg.sample_key, split.spec, cfg.batch_size, workers, rank, world,
                       seed, shuffle, epoch, buffer_bytes=cfg.buffer_mb << 20, shuffle_buffer=cfg.shuffle_buffer,
                       stage_times=stage_times, keys=keys)

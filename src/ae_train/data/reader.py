@@ -158,6 +158,8 @@ class ShardBatches(IterableDataset):
         # (forked workers share them).
         self.errors = multiprocessing.Value("i", 0)
         self.nonfinite = multiprocessing.Value("i", 0)
+        # Which shards failed (a shard split between workers or ranks is one shard error), guarded by errors' lock.
+        self.failed = multiprocessing.Array("b", len(urls), lock=False)
         self._screen = screen and self.spec.dtype == "float32"  # NaN/inf samples left out; uint8 images hold none
         self.plan_errors = 0  # shards found broken when counted (set by the DataModule)
         self.skip_batches = 0  # batches of this epoch's last segment already trained (a mid-epoch resume)
@@ -193,9 +195,11 @@ class ShardBatches(IterableDataset):
                 if done < len(self):  # (a resume at an epoch's end reads nothing of it)
                     self._announce()
             skip = done - self.segments[-1].start
-        for count in (self.errors, self.nonfinite):
-            with count.get_lock():
-                count.value = 0
+        with self.errors.get_lock():
+            self.errors.value = 0
+            self.failed[:] = bytes(len(self.urls))
+        with self.nonfinite.get_lock():
+            self.nonfinite.value = 0
         return skip
 
     def _announce(self) -> None:
@@ -307,7 +311,10 @@ class ShardBatches(IterableDataset):
 
     def _piece_batches(self, piece: Piece, order: np.ndarray, whole: bool, following: int | None,
                        batcher: "_Batcher", tally: "_Tally"):
-        """The batches completed by one shard piece; a read error is reported (once per shard) and ends it."""
+        """The batches completed by one shard piece. A read error ends it: planned samples of this worker
+        were not delivered, so it is an ERROR naming the shard and a shard error, whichever part of the
+        shard the piece is. A shard counts once however many of its pieces fail (`failed`: per shard, for
+        the rank's workers; ShardErrorLimit merges the ranks')."""
         url, t_shard, read = self.urls[piece.shard], time.perf_counter(), [0]
         batcher.url = url
         try:
@@ -317,13 +324,12 @@ class ShardBatches(IterableDataset):
                 tally.took(batch)
                 yield batch
         except (OSError, ShardError) as e:
-            if piece.start > 0:  # the reader of the shard's first samples reports and counts it
-                log.debug(lf.SKIP_REST.template, url, reason(e))
-            else:
-                tally.errors += 1
-                with self.errors.get_lock():
+            tally.errors += 1
+            with self.errors.get_lock():
+                if not self.failed[piece.shard]:
+                    self.failed[piece.shard] = 1
                     self.errors.value += 1
-                log.error(lf.SHARD_ERROR.template, url, reason(e))
+            log.error(lf.SHARD_ERROR.template, url, reason(e))
         tally.samples += read[0]
         if read[0]:
             log.debug(lf.FINISHED_SHARD.template, url, read[0], time.perf_counter() - t_shard)

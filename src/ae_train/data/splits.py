@@ -23,6 +23,7 @@ from .. import logformat as lf
 from ..config import Config, ConfigError, DataConfig, ModelConfig
 from . import preprocess
 from .decode import SampleSpec, decode, decode_into, decoder_of, spec_of
+from .remote import set_retry_policy
 from .shards import COUNTS_ENV, DataError, error_limit, list_shards, reading, reason, sample_counts
 from .stream import open_samples
 from .tario import ShardError
@@ -196,6 +197,7 @@ def resolve(cfg: Config, known: dict | None = None, listed: dict[str, list[str]]
     """List, count and probe every split; check the model against the data. Raises DataError /
     ConfigError with one line; logs unreadable shards as ERROR (they are left out of the plan)."""
     data: DataConfig = cfg.data
+    set_retry_policy(data.read_retries, data.read_retry_backoff_s)
     facts = DataFacts()
     for name in SPLITS:
         spec_text = getattr(data, name)

@@ -7,19 +7,19 @@ other scheme webdataset's `gopen` knows. Brace patterns expand on every form; a 
 for a glob (a presigned URL's `?` is a query). Shards may be gzip-compressed (`.tar.gz`, `.tgz`).
 
 Every opener reports failure as OSError whose text says why: the HTTP status, a command's exit code
-and the last line it wrote to stderr, the S3 error code.
+and the last line it wrote to stderr, the S3 error code. Remote reads retry transient failures and
+resume where the stream broke (remote.py: the one place for it, used by counting, probing and reading).
 """
 from __future__ import annotations
 
 import glob
 import os
-import shlex
-import subprocess
-import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from braceexpand import UnbalancedBracesError, braceexpand
+
+from .remote import open_remote, s3_client, s3_reason
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 INDEX_NAME = "ae_index.json"
@@ -136,128 +136,13 @@ def _list_shards(spec: str, key: str) -> list[str]:
 # ---- Opening ---------------------------------------------------------------------------------------
 
 
-class CommandStream:
-    """stdout of a shell command as a binary stream. Its exit status is checked at end of stream: a
-    failed command raises OSError with the exit code and its last stderr line (curl's `(22) The
-    requested URL returned error: 404`), never a silently short shard."""
-
-    def __init__(self, cmd: str, what: str):
-        self.what = what
-        self._err = tempfile.TemporaryFile()  # a file, not a pipe: a chatty stderr cannot block the child
-        self.proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=self._err, bufsize=0)
-        self.stream = self.proc.stdout
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.stream.read(n) if n is not None and n >= 0 else self.stream.read()
-        if not data and n != 0:
-            self._check()
-        return data
-
-    def readinto(self, b) -> int:
-        n = self.stream.readinto(b)
-        if not n:
-            self._check()
-        return n
-
-    def _check(self) -> None:
-        code = self.proc.wait()
-        if code != 0:
-            self._err.seek(0)
-            lines = [ln for ln in self._err.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-            tail = f": {lines[-1].strip()}" if lines else ""
-            raise OSError(f"{self.what} exited with code {code}{tail}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.stream.close()
-        self._err.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def curl_command(url: str) -> str:
-    # -f: an HTTP error is an exit code (22) and a message, not an error page read as a shard.
-    return f"curl -fsSL --connect-timeout 30 --retry 3 --retry-delay 1 {shlex.quote(url)}"
-
-
-class _S3Body:
-    """boto3's streaming body, its errors as OSError naming the S3 error code."""
-
-    def __init__(self, url: str):
-        try:
-            import botocore.exceptions  # boto3's own dependency: present exactly when boto3 is
-        except ImportError:
-            raise OSError("s3:// shards need boto3: pip install 'ae-train[s3]' "
-                          "(or read them with `pipe:aws s3 cp s3://bucket/key -`)") from None
-        self._errors = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
-        parsed = urlparse(url)
-        try:
-            self.body = _s3_client().get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
-        except self._errors as e:
-            raise OSError(_s3_reason(e)) from None
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            return self.body.read(n if n is not None and n >= 0 else None)
-        except self._errors as e:
-            raise OSError(_s3_reason(e)) from None
-
-    def close(self) -> None:
-        self.body.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-_S3: list = []
-
-
-def _s3_client():
-    """One client per process (boto3 reads AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_REGION, ...)."""
-    if not _S3 or _S3[0][0] != os.getpid():
-        import boto3
-        _S3[:] = [(os.getpid(), boto3.session.Session().client("s3"))]
-    return _S3[0][1]
-
-
-def _s3_reason(e: Exception) -> str:
-    err = getattr(e, "response", {}).get("Error", {})
-    status = getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if err:
-        return f"S3 {err.get('Code', 'error')}" + (f" (HTTP {status})" if status else "") + \
-            (f": {err['Message']}" if err.get("Message") else "")
-    return f"S3: {e}"
-
-
 def open_url(url: str):
-    """A binary stream of the shard's bytes (still compressed if it is), by scheme."""
+    """A binary stream of the shard's bytes (still compressed if it is), by scheme; remote ones retry
+    transient failures and resume where they broke (remote.py)."""
     path = local_path(url)
     if path is not None:
         return open(path, "rb")
-    scheme = url.split(":", 1)[0].lower()
-    if scheme == "pipe":
-        return CommandStream(url[len("pipe:"):], f"pipe command '{url[len('pipe:'):]}'")
-    if scheme in ("http", "https"):
-        return CommandStream(curl_command(url), "curl")
-    if scheme == "s3":
-        return _S3Body(url)
-    if scheme == "gs":
-        return CommandStream(f"gsutil cat {shlex.quote(url)}", "gsutil")
-    from webdataset.gopen import gopen  # sftp, scp, hf, ais, ...: webdataset's own openers
-
-    try:
-        return gopen(url, "rb")
-    except ValueError as e:
-        raise OSError(str(e)) from None
+    return open_remote(url)
 
 
 def beside(url: str, name: str) -> str | None:
@@ -308,8 +193,8 @@ def write_small(url: str, data: bytes) -> None:
     if url.startswith("s3://"):
         parsed = urlparse(url)
         try:
-            _s3_client().put_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=data)
+            s3_client().put_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=data)
         except Exception as e:  # botocore errors: named by code
-            raise OSError(_s3_reason(e)) from None
+            raise OSError(s3_reason(e)) from None
         return
     raise OSError(f"cannot write {url}: write it locally (--out) and copy it beside the shards")

@@ -1,11 +1,13 @@
 """Which files make a run, and the one pass over them: `ae-train diagnose` and `ae-train collect` start here.
 
 A run is its timestamp: `train_<ts>.log` and `debug_rank<N>_<ts>.log` in the logs directory (the latest run
-by default). Each file is read once by parse.py; the files are independent, so big runs spread them over
+by default); start-up logs left behind by ranks that never got through process-group set-up
+(`startup_rank<N>_<ts>.log`) make a run of their own. Each file is read once by parse.py; the files are independent, so big runs spread them over
 the CPUs.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from pathlib import Path
@@ -23,8 +25,13 @@ class DiagnoseError(Exception):
 
 
 def find_runs(logs_dir: Path) -> dict[str, dict]:
-    """{ts: {"train": path|None, "debug": {rank: path}}} for every run with logs in logs_dir."""
+    """{ts: {"train": path|None, "debug": {rank: path}}} for every run with logs in logs_dir.
+
+    Start-up logs left behind (`startup_rank<N>_<ts>.log`: ranks that never got through process-group
+    set-up, so the attempt never named a run) count as one run per gap between real runs, keyed by the
+    earliest of them, with each rank's newest start-up log as its debug log."""
     runs: dict[str, dict] = {}
+    startups = []
     for p in logs_dir.iterdir():
         m = lf.RUN_FILE.fullmatch(p.name)
         if m and p.is_file():
@@ -33,6 +40,20 @@ def find_runs(logs_dir: Path) -> dict[str, dict]:
                 run["train"] = p
             else:
                 run["debug"][int(m.group(1))] = p
+        elif (m := lf.STARTUP_FILE.fullmatch(p.name)) and p.is_file():
+            startups.append((m.group(2), int(m.group(1)), p))
+    keys, attempts = sorted(runs), {}
+    for ts, rank, p in sorted(startups):  # ts order: a rank's newest start-up log is set last
+        after = bisect.bisect_right(keys, ts)  # the real runs begun before it
+        attempt = attempts.setdefault(after, {"train": None, "debug": {}, "key": ts})
+        attempt["debug"][rank] = p
+    for attempt in attempts.values():
+        key = attempt.pop("key")
+        if key in runs:  # started the very second a run was named: part of it
+            for rank, p in attempt["debug"].items():
+                runs[key]["debug"].setdefault(rank, p)
+        else:
+            runs[key] = attempt
     return runs
 
 
