@@ -322,7 +322,8 @@ def test_remote_two_ranks_over_a_server_that_cuts_every_whole_get(tmp_path):
     listing.write_text("\n".join(urls) + "\n")
     try:
         run = fit(tmp_path / "out", f"--data.train_shards={listing}", "--data.val_shards=", "--data.batch_size=8",
-                  "--data.num_workers=2", "--trainer.max_epochs=1", "--debug=true", "--data.read_retry_backoff_s=0.1")
+                  "--data.num_workers=2", "--trainer.max_epochs=1", "--debug=true", "--data.read_retry_backoff_s=0.1",
+                  "--log.sample_ledger=true")
         stats = server_stats(base)
     finally:
         proc.kill()
@@ -340,4 +341,9 @@ def test_remote_two_ranks_over_a_server_that_cuts_every_whole_get(tmp_path):
     done = [int(m.group(1)) for m in lf.COMPLETED.pattern.finditer(logs.encode())]
     assert len(planned) == len(done) == 4 and sorted(planned) == sorted(done) and sum(done) == 480, (planned, done)
     assert "planned samples; padding" not in logs
-    # TODO(sample ledger): with --log.sample_ledger=true, also check the ledger holds each of the 480 samples once.
+    # The sample ledger holds every sample of the epoch once: 480 keys, each of the four shards' 120.
+    from helpers import ledger_lines
+
+    keys = [k for *_, ks in ledger_lines(run.logs) for k in ks]
+    assert len(keys) == len(set(keys)) == 480
+    assert {k.split("_")[0] for k in keys} == {f"mix{i:06d}" for i in range(4)}
