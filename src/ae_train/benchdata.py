@@ -25,7 +25,8 @@ from __future__ import annotations
 import os
 import time
 
-from .config import ConfigError, load_config, split_config_arg
+from .config import load_config, split_config_arg
+from .errors import ConfigError
 from .data.datamodule import make_loader
 from .data.stagetimes import StageTimes
 

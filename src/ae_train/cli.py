@@ -9,7 +9,8 @@ import logging
 import os
 import sys
 
-from .config import ConfigError, keys_help, load_config, split_config_arg, to_yaml
+from .config import keys_help, load_config, split_config_arg, to_yaml
+from .errors import ConfigError
 from .exitcodes import ExitCode, exit_process
 
 USAGE = """usage: ae-train <command> [args]

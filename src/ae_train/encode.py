@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from . import logformat as lf
-from .config import ConfigError
+from .errors import ConfigError
 from .exitcodes import ExitCode
 from .rundir import RunDir
 

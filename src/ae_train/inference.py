@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError
 from .data.decode import SampleSpec, decode_into
 from .data.stream import open_samples
 from .model import AutoEncoder

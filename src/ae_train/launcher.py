@@ -21,7 +21,8 @@ from pathlib import Path
 
 from . import checkpoint_files, lightning_args, logs, runlock
 from . import logformat as lf
-from .config import Config, ConfigError, resume_path, to_yaml
+from .config import Config, to_yaml
+from .errors import ConfigError
 from .data import splits
 from .data.resume import OrderState, mismatch, shards_digest
 from .data.shards import COUNTS_ENV, DataError, list_shards
@@ -77,7 +78,7 @@ def _cheap_checks(cfg: Config, run: RunDir) -> tuple[dict[str, list[str]], int |
     run.prepare()
     # One run per output_dir: node 0's launcher holds the lock (other nodes join node 0's run).
     lock = runlock.acquire(cfg.output_dir) if node_rank == 0 else None
-    ckpt = resume_path(cfg)  # before any rank: a missing, broken or about-to-be-overwritten checkpoint
+    ckpt = checkpoint_files.resume_path(cfg)  # before any rank: a missing, broken or about-to-be-overwritten checkpoint
     return listed, lock, ckpt
 
 
@@ -210,8 +211,9 @@ def _announce_start(cfg: Config, run: RunDir, ts: str) -> None:
     devices, nodes, node_rank = int(cfg.trainer.devices), cfg.trainer.num_nodes, _node_rank()
     if node_rank == 0:
         log.info(lf.STARTING.template, devices * nodes, nodes, cfg.trainer.accelerator, ts, extra=logs.CONSOLE)
-        log.info(lf.CONFIG.template, to_yaml(cfg).rstrip())
-        run.write_config(cfg, ts)
+        resolved = to_yaml(cfg)
+        log.info(lf.CONFIG.template, resolved.rstrip())
+        run.write_config(resolved, ts)
     else:
         log.info(lf.NODE_STARTING.template, node_rank, node_rank * devices, node_rank * devices + devices - 1,
                  os.environ["MASTER_ADDR"], extra=logs.CONSOLE)

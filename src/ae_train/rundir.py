@@ -13,8 +13,8 @@
       .ae_train.lock                                      one run per output_dir (runlock.py)
 
 The launcher and a rank started without it (torchrun, srun) go through the same steps: `prepare()`
-(logs/ exists and is writable) and `write_config()`. Standard library only at import: `collect`
-reads a run directory on a login node.
+(logs/ exists and is writable) and `write_config()`. Standard library only: `collect` and `diagnose`
+read a run directory on a login node.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import logformat as lf
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .config import Config
@@ -129,8 +130,6 @@ class RunDir:
     # ---- start-up steps (launcher, and a rank that no launcher started) ----
     def prepare(self) -> Path:
         """Create logs/ and prove it writable; ConfigError (one line) when it is not. Returns logs/."""
-        from .config import ConfigError
-
         try:
             self.logs.mkdir(parents=True, exist_ok=True)
             probe = self.logs / f".write_test_{os.getpid()}"
@@ -140,11 +139,9 @@ class RunDir:
             raise ConfigError(f"output_dir {self.given or self.root} is not writable: {e.strerror or e}") from None
         return self.logs
 
-    def write_config(self, cfg: Config, ts: str) -> None:
-        """config_<ts>.yaml, and config.yaml unless the user's own file is there."""
-        from .config import to_yaml
-
-        text = CONFIG_MARK + to_yaml(cfg)
+    def write_config(self, resolved_yaml: str, ts: str) -> None:
+        """config_<ts>.yaml, and config.yaml unless the user's own file is there (`resolved_yaml`: config.to_yaml)."""
+        text = CONFIG_MARK + resolved_yaml
         self.run_config(ts).write_text(text)
         latest = self.config
         if not latest.exists() or latest.read_text().startswith(CONFIG_MARK):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import logformat as lf
-from .config import ConfigError
+from .errors import ConfigError
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)

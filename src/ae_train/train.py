@@ -30,7 +30,8 @@ from .callbacks.shard_errors import ShardErrorLimit, TooManyShardErrors
 from .callbacks.summary import EpochSummary
 from .callbacks.watchdog import HangWatchdog
 from .checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
-from .config import Config, ConfigError, resume_path, to_yaml
+from .config import Config, to_yaml
+from .errors import ConfigError
 from .data import splits
 from .data.datamodule import ShardDataModule
 from .data.shards import COUNTS_ENV, DataError
@@ -160,10 +161,11 @@ def _announce(cfg: Config, run: RunDir, ts: str, rank: int, world: int, local_ra
     log.info(lf.HEADER.template, rank, world, socket.gethostname(), os.getpid(), local_rank,
              node_rank, device, ts, platform.python_version(), torch.__version__, pl.__version__)
     if rank == 0 and LAUNCHER_ENV not in os.environ:  # torchrun or srun: no launcher did this
-        log.info(lf.CONFIG.template, to_yaml(cfg).rstrip())
+        resolved = to_yaml(cfg)
+        log.info(lf.CONFIG.template, resolved.rstrip())
         log.info(lf.LOGS_AT.template, run.train_log(ts), run.debug_logs(ts), extra=logs.CONSOLE)
         log.info(lf.MONITOR.template, run.train_log(ts), extra=logs.CONSOLE)
-        run.write_config(cfg, ts)
+        run.write_config(resolved, ts)
     elif node_rank > 0 and local_rank == 0:  # other nodes' consoles: only errors, and where the logs are
         log.info(lf.NODE_WRITES.template, node_rank, socket.gethostname(), rank,
                  rank + int(cfg.trainer.devices) - 1, run.debug_logs(ts), extra=logs.NODE_CONSOLE)
@@ -237,7 +239,7 @@ def main(cfg: Config) -> int:
     try:
         # Our launcher verified the checkpoint and passes it as --resume=<path>; under torchrun/srun
         # every rank checks it and rank 0 reports a fallback.
-        ckpt_path = resume_path(cfg, verify=LAUNCHER_ENV not in os.environ, warn=rank == 0)
+        ckpt_path = checkpoint_files.resume_path(cfg, verify_given=LAUNCHER_ENV not in os.environ, warn=rank == 0)
         progress = checkpoint_files.read_progress(ckpt_path) if ckpt_path else None
         said = progress and checkpoint_files.nothing_to_train(progress, cfg.trainer.max_epochs,
                                                               cfg.trainer.extra.get("max_steps", -1))
