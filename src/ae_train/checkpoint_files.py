@@ -7,7 +7,8 @@ torch.save writes a zip archive (data.pkl plus one record per tensor storage, ea
 A save cut short by a kill or a full disk has no central directory at its end; a file damaged
 afterwards fails a record's CRC. zipfile finds both without torch, so the launcher checks the
 checkpoint to resume before any rank starts. Checkpoints are written to `<name>.tmp<pid>` and
-renamed (checkpoint_io.AtomicCheckpointIO): a `.tmp<pid>` file is a save that never finished.
+renamed (checkpoint_io.AtomicCheckpointIO, through atomic.py): a `.tmp<pid>` file is a save that
+never finished.
 
 `read_progress` reads where a checkpoint stands (epoch, step, batches of the epoch, the data order)
 from its pickle without torch: every tensor and class in it becomes an opaque stand-in, only plain
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import logformat as lf
+from .atomic import TMP_MARK
 from .errors import ConfigError
 from .rundir import LAST_CKPT, RunDir
 
@@ -35,12 +37,7 @@ if TYPE_CHECKING:
     from .config import Config
 
 log = logging.getLogger(__name__)
-TMP_MARK = ".tmp"  # <name>.tmp<pid>: a checkpoint being written
-_LEFTOVER = re.compile(r".+\.ckpt\.tmp\d+$")
-
-
-def tmp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+_LEFTOVER = re.compile(rf".+\.ckpt{re.escape(TMP_MARK)}\d+$")  # atomic.tmp_name of a checkpoint
 
 
 def verify(path: str | Path) -> str | None:

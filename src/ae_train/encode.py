@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from . import logformat as lf
+from .atomic import atomic_write
 from .errors import ConfigError
 from .exitcodes import ExitCode
 from .rundir import RunDir
@@ -63,16 +64,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _encode_shard(model, url: str, dest: Path, key: str, spec, batch_size: int) -> int:
-    """Write dest (atomically: a temporary name, then rename); returns the samples encoded."""
+    """Write dest (atomically: atomic.atomic_write); returns the samples encoded."""
     import numpy as np
 
     from .inference import encode_batch, shard_batches
 
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     n = 0
-    raw = open(tmp, "wb")
-    sink = gzip.GzipFile(fileobj=raw, mode="wb") if dest.name.endswith((".gz", ".tgz")) else raw
-    try:
+    with atomic_write(dest) as raw:
+        sink = gzip.GzipFile(fileobj=raw, mode="wb") if dest.name.endswith((".gz", ".tgz")) else raw
         with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for keys, others, batch in shard_batches(url, key, spec, batch_size):
                 for k, parts, z in zip(keys, others, encode_batch(model, batch)):
@@ -83,12 +82,7 @@ def _encode_shard(model, url: str, dest: Path, key: str, spec, batch_size: int) 
                         _add(tar, f"{k}.{ext}", data)
                 n += len(keys)
         if sink is not raw:
-            sink.close()
-        raw.close()
-        os.replace(tmp, dest)
-    finally:
-        raw.close()
-        tmp.unlink(missing_ok=True)
+            sink.close()  # the gzip trailer, before the file takes its name
     return n
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import logformat as lf
+from .atomic import atomic_write
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -158,6 +159,5 @@ class RunDir:
 
     def save_counts(self, known: dict) -> None:
         """Replace the counts cache atomically (a second launcher never reads half a file)."""
-        tmp = self.counts_cache.with_name(f"{self.counts_cache.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, self.counts_cache)
+        with atomic_write(self.counts_cache) as f:
+            f.write(json.dumps(known, indent=1).encode())
