@@ -123,7 +123,7 @@ def remove_leftovers(ckpt_dir: Path) -> list[Path]:
                     p.unlink()
                     removed.append(p)
                 except OSError as e:
-                    log.warning("Could not remove %s, left by an unfinished checkpoint save: %s", p, e.strerror or e)
+                    log.warning(lf.LEFTOVER_KEPT.template, p, e.strerror or e)
     return removed
 
 

@@ -18,6 +18,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from typing_extensions import override
 
+from . import logformat as lf
 from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)  # streamed: no second copy of the checkpoint in memory
         except OSError as e:
             self.failed = f"{path}: {e.strerror or e}"
-            log.info("Could not write checkpoint %s: %s", path, e.strerror or e)  # the ERROR line: train.main
+            log.info(lf.CKPT_NOT_WRITTEN.template, path, e.strerror or e)  # the ERROR line: train.main
 
 
 def save_failure(trainer: pl.Trainer) -> str | None:

@@ -139,7 +139,7 @@ def _launch(a: argparse.Namespace, argv: list[str]) -> int:
     devices = a.devices or (torch.cuda.device_count() or 2)
     run = RunDir(out)
     run.logs.mkdir(parents=True, exist_ok=True)
-    ts = logs.new_run_timestamp(run.logs)
+    ts = run.new_timestamp()
     train_log = logs.setup_launcher_logging(run.logs, ts)
     log.info(lf.ENCODING.template, len(urls), a.ckpt, devices, ts, extra=logs.CONSOLE)
     log.info(lf.MONITOR.template, train_log, extra=logs.CONSOLE)

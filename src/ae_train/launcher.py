@@ -98,7 +98,7 @@ def _open_train_log(run: RunDir, held: _Held) -> str:
     console shows the checks once they take a while, and a check that fails is still one
     `ae-train: error:` line."""
     node_rank = _node_rank()
-    ts = logs.new_run_timestamp(run.logs)
+    ts = run.new_timestamp()
     train_log = logs.setup_launcher_logging(run.logs, ts, train_log=node_rank == 0, hold_console=True)
     if node_rank == 0:
         log.info(lf.LOGS_AT.template, train_log, run.debug_logs(ts), extra=logs.CONSOLE)

@@ -11,15 +11,22 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+# ---- the files, under <output_dir>/logs/ (rundir.RunDir builds their paths, diagnose finds them) ----
+TS_FORMAT = "%Y%m%d_%H%M%S"  # <ts>, a run's timestamp (strftime): one per run, shared by all its ranks
+TRAIN_LOG = "train_%s.log"  # <ts>
+DEBUG_LOG = "debug_rank%s_%s.log"  # global rank (`*` in the glob the console shows), <ts>
+LEDGER = "samples_rank%s_%s.tsv"  # global rank, <ts>: the sample ledger (log.sample_ledger)
+STARTUP_LOG = "startup_rank%s_%s.log"  # global rank, <ts> its own start: its lines before the run had a timestamp
+RUN_FILE = re.compile(r"(?:train|debug_rank(\d+))_(\d{8}_\d{6})\.log")  # TRAIN_LOG, DEBUG_LOG: (rank or None, <ts>)
+STARTUP_FILE = re.compile(r"startup_rank(\d+)_(\d{8}_\d{6})\.log")  # STARTUP_LOG: (rank, <ts>)
+
 # ---- the line ----
 LINE_FORMAT = "%(asctime)s [%(levelname)s] [%(tag)s] %(message)s"  # logging's default asctime: local time, ,mmm
 LAUNCHER_TAG = "Launcher"
 RANK_TAG = "Rank %d/%d"
-WORKER_TAG = "Rank %d/%d Worker %d/%d"
+WORKER_PART = " Worker %d/%d"  # a DataLoader worker's tag: its process's tag, then this
+WORKER_TAG = RANK_TAG + WORKER_PART
 TAG = re.compile(rb"Rank (\d+)/(\d+)(?: Worker (\d+)/(\d+))?")
-RUN_FILE = re.compile(r"(?:train|debug_rank(\d+))_(\d{8}_\d{6})\.log")  # train_<ts>.log, debug_rank<N>_<ts>.log
-# startup_rank<N>_<ts>.log, <ts> the rank's own start: a rank's lines before the run had a timestamp (logs.py)
-STARTUP_FILE = re.compile(r"startup_rank(\d+)_(\d{8}_\d{6})\.log")
 TIME_LEN = 23  # `YYYY-MM-DD HH:MM:SS,mmm`, then ` [LEVEL] [TAG] message`
 
 
@@ -251,6 +258,9 @@ COUNTS_SAVED = Message("Saved the sample counts of %d shard(s) to %s", (12, "/ou
 LEFTOVER_REMOVED = Message("Removed %s, left by a checkpoint save that did not finish",
                            ("/out/checkpoints/last.ckpt.tmp4242",),
                            re.compile(rb"Removed (.+), left by a checkpoint save that did not finish"))
+LEFTOVER_KEPT = Message("Could not remove %s, left by an unfinished checkpoint save: %s",
+                        ("/out/checkpoints/last.ckpt.tmp4242", "Permission denied"),
+                        re.compile(rb"Could not remove (.+), left by an unfinished checkpoint save: (.*)"))
 LAUNCHER_HANG = Message("HANG SUSPECTED: no progress for %d s in launcher checks (last event: %s%s)",
                         (600, "<last line>", "; reading <url> for 600 s"), HANG.pattern)
 NODE_STARTING = Message("Node %d: starting ranks %d-%d; node 0 (%s) names the run", (1, 8, 15, "10.0.0.1"),
@@ -285,6 +295,9 @@ SHARD_LIMIT_STOP = re.compile(rb"Stopping: ((\d+) of (\d+) shards of (\S+) could
 SHARD_ERRORS_EPOCH = Message("Epoch %d %s: %d of %d shards of %s could not be read (limit %d, data.max_shard_errors=%g)",
                              (0, "train", 2, 40, "train_shards", 4, 0.1),
                              re.compile(rb"Epoch (\d+) (train|val): (\d+) of (\d+) shards of (\S+) could not be read"))
+# Rank 0's own note of the failed write (INFO, debug log); every rank then stops on CKPT_WRITE_FAILED.
+CKPT_NOT_WRITTEN = Message("Could not write checkpoint %s: %s", ("/out/checkpoints/last.ckpt", "No space left on device"),
+                           re.compile(rb"Could not write checkpoint (.+?): (.*)"))
 CKPT_WRITE_FAILED = Message("Stopping: could not write checkpoint %s; the checkpoints saved before are kept "
                             "(continue with --resume=auto once there is room)",
                             ("/out/checkpoints/last.ckpt: No space left on device",),

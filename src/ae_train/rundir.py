@@ -12,7 +12,9 @@
       shard_counts.json                                   sample counts read from shards, reused next run
       .ae_train.lock                                      one run per output_dir (runlock.py)
 
-The launcher and a rank started without it (torchrun, srun) go through the same steps: `prepare()`
+Every path is built here, the log files' names from logformat's templates (which diagnose reads
+them with), and a run's timestamp is chosen here. The launcher and a rank started without it
+(torchrun, srun) go through the same steps: `prepare()`
 (logs/ exists and is writable) and `write_config()`. Standard library only: `collect` and `diagnose`
 read a run directory on a login node.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +46,7 @@ LAST_CKPT = "last.ckpt"  # the newest state: LastCheckpoint (epoch ends, every N
 class RunDir:
     root: Path
     given: str = field(default="", compare=False)  # output_dir as the user wrote it, for messages
+    logs_dir: Path | None = field(default=None, compare=False)  # of_logs: the logs directory as given
 
     @classmethod
     def of(cls, cfg: Config) -> RunDir:
@@ -50,27 +54,47 @@ class RunDir:
 
     @classmethod
     def of_logs(cls, logs_dir: str | Path) -> RunDir:
-        """The run directory whose logs/ is `logs_dir` (diagnose and collect are given the logs)."""
-        return cls(Path(logs_dir).parent)
+        """The run directory whose logs/ is `logs_dir` (diagnose and collect are given the logs; the
+        logging setup is given the directory to write them in, whatever its name)."""
+        return cls(Path(logs_dir).parent, logs_dir=Path(logs_dir))
 
     # ---- logs ----
     @property
     def logs(self) -> Path:
-        return self.root / "logs"
+        return self.logs_dir or self.root / "logs"
 
     def train_log(self, ts: str) -> Path:
-        return self.logs / f"train_{ts}.log"
+        return self.logs / (lf.TRAIN_LOG % ts)
 
     def debug_log(self, rank: int, ts: str) -> Path:
-        return self.logs / f"debug_rank{rank}_{ts}.log"
+        return self.logs / (lf.DEBUG_LOG % (rank, ts))
 
     def ledger(self, rank: int, ts: str) -> Path:
         """Rank `rank`'s sample ledger of run `ts` (log.sample_ledger)."""
-        return self.logs / f"samples_rank{rank}_{ts}.tsv"
+        return self.logs / (lf.LEDGER % (rank, ts))
 
     def debug_logs(self, ts: str) -> Path:
         """Every rank's debug log of run `ts`, as the glob the console shows."""
-        return self.logs / f"debug_rank*_{ts}.log"
+        return self.logs / (lf.DEBUG_LOG % ("*", ts))
+
+    def new_timestamp(self) -> str:
+        """A new run's <ts>: now, moved forward a second while a run with that stamp already has logs
+        here (start-up logs are the ranks' own, not a run's)."""
+        t = time.time()
+        while True:
+            ts = time.strftime(lf.TS_FORMAT, time.localtime(t))
+            if not any(p for p in self.logs.glob(f"*_{ts}.log") if not lf.STARTUP_FILE.fullmatch(p.name)):
+                return ts
+            t += 1
+
+    def new_startup_log(self, rank: int) -> Path:
+        """`startup_rank<N>_<ts>.log`, <ts> now (a second later while that name is taken: a quick restart)."""
+        t = time.time()
+        while True:
+            path = self.logs / (lf.STARTUP_LOG % (rank, time.strftime(lf.TS_FORMAT, time.localtime(t))))
+            if not path.exists():
+                return path
+            t += 1
 
     def launch_counts(self, ts: str) -> Path:
         """The launcher's data facts (counts, first samples) for its ranks; removed when the run ends."""

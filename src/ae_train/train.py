@@ -80,10 +80,10 @@ def agree_on_run_timestamp(cfg: Config, env, rank: int, world: int, local_rank: 
     this attempt only (a torchrun restart reads nothing of the dead attempt) and says HANG SUSPECTED,
     naming the stage and the ranks not connected, when set-up blocks for log.hang_timeout_s.
     """
-    logs_dir = RunDir.of(cfg).logs
+    run = RunDir.of(cfg)
     mine = os.environ.get(logs.RUN_TS_ENV) if rank == 0 else None
     if world == 1:
-        return mine or logs.new_run_timestamp(logs_dir)
+        return mine or run.new_timestamp()
     import torch.distributed as dist
 
     gpu = cfg.trainer.accelerator in ("gpu", "cuda")
@@ -94,8 +94,8 @@ def agree_on_run_timestamp(cfg: Config, env, rank: int, world: int, local_rank: 
                            timedelta(seconds=cfg.trainer.ddp_timeout_s), cfg.log.hang_timeout_s)
     try:
         if rank == 0 and not mine:
-            logs_dir.mkdir(parents=True, exist_ok=True)
-            mine = logs.new_run_timestamp(logs_dir)
+            run.logs.mkdir(parents=True, exist_ok=True)
+            mine = run.new_timestamp()
         box = [mine]
         dist.broadcast_object_list(box, src=0)
     finally:
