@@ -185,7 +185,7 @@ def cmd_index(args: list[str]) -> int:
     return ExitCode.FAILED if bad else ExitCode.OK
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
     """The error on one line: a newline or control character the user typed (in a key, a flag, a
     path) is shown escaped, as Python would write it."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         from .logs import logging_installed, print_error
         if logging_installed() and not getattr(e, "logged", False):  # a rank: its logs hold the error
-            logging.getLogger("ae_train").error("%s", _one_line(str(e)))
+            logging.getLogger("ae_train").error("%s", one_line(str(e)))
         else:
-            print_error(_one_line(str(e)))
+            print_error(one_line(str(e)))
         return ExitCode.BAD_INPUT
 
 

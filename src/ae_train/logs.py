@@ -294,8 +294,8 @@ def _redirect_output(file_handler: logging.FileHandler) -> None:
         os.dup2(file_handler.stream.fileno(), fd)
     sys.stdout = _StreamToLogger(logging.getLogger("stdout"), logging.INFO, 1)
     sys.stderr = _StreamToLogger(logging.getLogger("stderr"), logging.INFO, 2)
-    sys.excepthook = _log_uncaught
-    threading.excepthook = lambda a: _log_uncaught(a.exc_type, a.exc_value, a.exc_traceback, a.thread.name)
+    sys.excepthook = log_uncaught
+    threading.excepthook = lambda a: log_uncaught(a.exc_type, a.exc_value, a.exc_traceback, a.thread.name)
 
 
 def setup_launcher_logging(logs_dir: Path, ts: str, train_log: bool = True, hold_console: bool = False) -> Path:
@@ -313,7 +313,7 @@ def setup_launcher_logging(logs_dir: Path, ts: str, train_log: bool = True, hold
     return path
 
 
-def _log_uncaught(exc_type, exc, tb, thread: str | None = None) -> None:
+def log_uncaught(exc_type, exc, tb, thread: str | None = None) -> None:
     if issubclass(exc_type, KeyboardInterrupt):
         logging.getLogger("ae_train").error(lf.INTERRUPTED.template)
         return
