@@ -26,9 +26,9 @@ import os
 import time
 
 from .config import load_config, split_config_arg
-from .errors import ConfigError
 from .data.datamodule import make_loader
 from .data.stagetimes import StageTimes
+from .errors import ConfigError
 
 USAGE = "usage: ae-train bench-data --config FILE [--key=value ...] [--seconds=S] [--device=DEVICE]"
 

@@ -63,14 +63,14 @@ def cmd_fit(args: list[str]) -> int:
     path, overrides = split_config_arg(args)
     cfg = load_config(path, overrides)
     if _is_rank():
-        from .startup import open_rank_log
+        from .run.startup import open_rank_log
         open_rank_log(cfg)  # from the first second, before torch is imported and the process group exists
         from . import train
         if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's summary then names the exception, not <N/A>
             from torch.distributed.elastic.multiprocessing.errors import record
             return record(train.main)(cfg)
         return train.main(cfg)
-    from . import launcher
+    from .run import launcher
     return launcher.launch(cfg, args)
 
 

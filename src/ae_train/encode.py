@@ -121,7 +121,8 @@ def _rank(a: argparse.Namespace) -> int:
 
 
 def _launch(a: argparse.Namespace, argv: list[str]) -> int:
-    from . import launcher, logs
+    from . import logs
+    from .run import launcher
     from .data.shards import count_shard, list_shards, write_index
 
     urls = list_shards(a.shards, "--shards")

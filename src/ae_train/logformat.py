@@ -123,7 +123,7 @@ HANG = Message("HANG SUSPECTED: no progress for %.0f s in %s (last event: %s)",
 RESOURCES = Message("Resources at hang: rss %.0f MB, cpu time user %.1f s system %.1f s, cuda %s, worker pids %s",
                     (812, 10.1, 2.0, "n/a", "[1240, 1241]"), re.compile(rb"Resources at hang"))
 RESUMED = Message("progress resumed after %.0f s", (700,), re.compile(rb"progress resumed"))
-# A rank's process-group set-up (procgroup.py): each stage (INFO, debug log), and the phase a HANG line names.
+# A rank's process-group set-up (run/procgroup.py): each stage (INFO, debug log), and the phase a HANG line names.
 SETUP = Message("Process-group set-up: %s", ("joined rank 0's store at node0:41234 (torchrun restart 1)",),
                 re.compile(rb"Process-group set-up: (.*)"))
 SETUP_PHASE = "process-group set-up, %s; ranks not yet connected: %s"
@@ -327,7 +327,8 @@ ENCODE_COMPLETED = Message("COMPLETED iteration, total samples: %d (shards %d, e
 ENCODED = Message("Encoded %d of %d shard(s) into %s", (4, 4, "/out/latents"),
                   re.compile(rb"Encoded (\d+) of (\d+) shard\(s\) into (.*)"))
 
-# Run lock, resume choice, a lost launcher, an uncaught exception (runlock.py, config.py, orphans.py, logs.py).
+# Run lock, resume choice, a lost launcher, an uncaught exception (run/runlock.py, checkpoint_files.py, run/orphans.py,
+# logs.py).
 RUNLOCK_TAKEN = Message("Took over the run lock of output_dir %s from launcher pid %s on host %s (started %s): that run "
                         "is no longer running", ("/out", 81200, "h", "2026-11-29 14:30:25"),
                         re.compile(rb"Took over the run lock of output_dir (.+) from launcher pid (\S+) on host (\S+)"))

@@ -27,8 +27,8 @@ from .rundir import RunDir
 FORMAT = lf.LINE_FORMAT
 RUN_TS_ENV = "AE_TRAIN_RUN_TS"
 # INFO records of these loggers are per-rank detail: debug logs only, never the train log or console.
-DEBUG_ONLY = ("ae_train.data", "ae_train.callbacks.debug", "ae_train.callbacks.watchdog", "ae_train.procgroup",
-              "ae_train.startup", "stdout", "stderr")
+DEBUG_ONLY = ("ae_train.data", "ae_train.callbacks.debug", "ae_train.callbacks.watchdog", "ae_train.run.procgroup",
+              "ae_train.run.startup", "stdout", "stderr")
 CONSOLE = {"console": True}  # extra= for the few INFO records the console shows (rank 0's)
 NODE_CONSOLE = {"node_console": True}  # extra= for a line every node's console shows
 FILE_ONLY = {"file_only": True}  # extra= for an error the console already shows as `ae-train: error:`

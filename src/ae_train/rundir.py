@@ -10,13 +10,12 @@
       reconstructions/epoch_<NNN>.png                     validation inputs and their reconstructions (rank 0)
       config.yaml, config_<ts>.yaml                       the resolved config: latest run, each run
       shard_counts.json                                   sample counts read from shards, reused next run
-      .ae_train.lock                                      one run per output_dir (runlock.py)
+      .ae_train.lock                                      one run per output_dir (run/runlock.py)
 
-Every path is built here, the log files' names from logformat's templates (which diagnose reads
-them with), and a run's timestamp is chosen here. The launcher and a rank started without it
-(torchrun, srun) go through the same steps: `prepare()`
-(logs/ exists and is writable) and `write_config()`. Standard library only: `collect` and `diagnose`
-read a run directory on a login node.
+Every path is built here (the log files' names from logformat's templates, which diagnose reads them
+with), and a run's timestamp is chosen here. The launcher and a rank started without it (torchrun,
+srun) go through the same steps: `prepare()` (logs/ exists and is writable) and `write_config()`.
+Standard library only: `collect` and `diagnose` read a run directory on a login node.
 """
 from __future__ import annotations
 
@@ -26,14 +25,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import logformat as lf
 from .atomic import atomic_write
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .config import Config
 
 log = logging.getLogger(__name__)
 CONFIG_MARK = "# written by ae-train: the resolved config of the latest run\n"  # config.yaml is ours to update
@@ -49,7 +44,8 @@ class RunDir:
     logs_dir: Path | None = field(default=None, compare=False)  # of_logs: the logs directory as given
 
     @classmethod
-    def of(cls, cfg: Config) -> RunDir:
+    def of(cls, cfg) -> RunDir:
+        """The run directory of a config (config.Config: its output_dir)."""
         return cls(Path(cfg.output_dir), cfg.output_dir)
 
     @classmethod

@@ -16,7 +16,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from . import checkpoint_files, lightning_args, logs, procgroup
+from . import checkpoint_files, lightning_args, logs
 from . import logformat as lf
 from .callbacks.checkpoint import LoggedModelCheckpoint
 from .callbacks.debug import DebugCallback
@@ -31,15 +31,16 @@ from .callbacks.summary import EpochSummary
 from .callbacks.watchdog import HangWatchdog
 from .checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from .config import Config, to_yaml
-from .errors import ConfigError
 from .data import splits
 from .data.datamodule import ShardDataModule
 from .data.shards import COUNTS_ENV, DataError
 from .data.splits import DataFacts
-from .devices import resolve_devices
+from .errors import ConfigError
 from .exitcodes import ExitCode
 from .model import AutoEncoder
-from .orphans import LAUNCHER_ENV, ParentWatch, launcher_pid
+from .run import procgroup
+from .run.devices import resolve_devices
+from .run.orphans import LAUNCHER_ENV, ParentWatch, launcher_pid
 from .rundir import METRICS, TENSORBOARD, RunDir
 
 log = logging.getLogger(__name__)

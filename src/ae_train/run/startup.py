@@ -14,11 +14,11 @@ import logging
 import os
 import socket
 
-from . import logformat as lf
-from . import logs
-from .config import Config
+from .. import logformat as lf
+from .. import logs
+from ..config import Config
+from ..rundir import RunDir
 from .orphans import LAUNCHER_ENV
-from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,19 @@ import sys
 import time
 from pathlib import Path
 
-from . import checkpoint_files, lightning_args, logs, runlock
-from . import logformat as lf
-from .config import Config, to_yaml
-from .errors import ConfigError
-from .data import splits
-from .data.resume import OrderState, mismatch, shards_digest
-from .data.shards import COUNTS_ENV, DataError, list_shards
+from .. import checkpoint_files, lightning_args, logs
+from .. import logformat as lf
+from ..config import Config, to_yaml
+from ..data import splits
+from ..data.resume import OrderState, mismatch, shards_digest
+from ..data.shards import COUNTS_ENV, DataError, list_shards
+from ..errors import ConfigError
+from ..exitcodes import PREEMPTED, STOPPED_ON_PURPOSE, ExitCode, stopped_by
+from ..rundir import RunDir
+from . import runlock
 from .devices import resolve_devices
-from .exitcodes import PREEMPTED, STOPPED_ON_PURPOSE, ExitCode, stopped_by
 from .launchwatch import LauncherWatchdog
 from .orphans import LAUNCHER_ENV
-from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
