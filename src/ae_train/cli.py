@@ -1,4 +1,5 @@
-"""`ae-train` subcommands: fit, make-shards, index, diagnose, collect, config.
+"""`ae-train` subcommands: fit, make-shards, index, config here; diagnose, collect, bench-data, encode,
+evaluate and export dispatched to their modules (imported only when asked for).
 
 Bad input ends with one line `ae-train: error: ...` on stderr and exit code 2 (ExitCode.BAD_INPUT), never a traceback.
 """

@@ -15,5 +15,5 @@ class ConfigError(ValueError):
 
 # The data path's name for it (a shard spec that names no shard, a sample the model cannot take).
 # data/urls.py still defines a DataError class of its own, caught beside ConfigError where a process
-# ends (cli.main, launcher._slow_checks, train._data_facts), until it takes this one.
+# ends (cli.main, run/launcher._slow_checks, train._data_facts), until it takes this one.
 DataError = ConfigError
