@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from ae_train.diagnose import diagnose_run  # noqa: E402
+from ae_train.rundir import RunDir  # noqa: E402
 
 TS = "20261129_050102"
 
@@ -95,9 +96,10 @@ def main() -> int:
     try:
         t = time.perf_counter()
         t0 = datetime.now() - timedelta(seconds=a.lines * 0.007 + 60)  # 7 ms a line: the run ends a minute ago
-        total = sum(write_rank(logs / f"debug_rank{r}_{TS}.log", r, a.ranks, a.lines, r == 3,
+        run = RunDir.of_logs(logs)
+        total = sum(write_rank(run.debug_log(r, TS), r, a.ranks, a.lines, r == 3,
                                t0 - timedelta(minutes=12) * (r == 3)) for r in range(a.ranks))
-        (logs / f"train_{TS}.log").write_text(f"{t0:%Y-%m-%d %H:%M:%S},000 [INFO] [Rank 0/{a.ranks}] Starting\n")
+        run.train_log(TS).write_text(f"{t0:%Y-%m-%d %H:%M:%S},000 [INFO] [Rank 0/{a.ranks}] Starting\n")
         size = sum(p.stat().st_size for p in logs.iterdir())
         print(f"generated {total:,} lines, {size / 1e6:.0f} MB in {time.perf_counter() - t:.1f}s")
         t = time.perf_counter()

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ae_train.atomic import atomic_write  # noqa: E402
 from ae_train.data import preprocess  # noqa: E402
 from ae_train.data.make import noise_textures, photo_like  # noqa: E402
 
@@ -52,7 +53,7 @@ def make(directory: Path, shards: int, per_shard: int, shorter: tuple[int, int])
         return urls
     rng, textures = np.random.default_rng(0), noise_textures(16, 512, 0)
     for s, url in enumerate(urls):
-        with tarfile.open(url + ".tmp", "w") as tar:
+        with atomic_write(url) as f, tarfile.open(fileobj=f, mode="w") as tar:
             for i in range(per_shard):
                 img = photo_like(rng, textures, shorter)
                 buf = io.BytesIO()
@@ -64,7 +65,6 @@ def make(directory: Path, shards: int, per_shard: int, shorter: tuple[int, int])
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-        os.replace(url + ".tmp", url)
     return urls
 
 

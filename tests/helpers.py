@@ -3,7 +3,8 @@
 - `markers`: the epoch markers of a debug log, in file order.
 - `RankWriter`, `train_log`, `finished_run`: logs for `ae-train diagnose` and `ae-train collect`,
   every line formatted through the writers' own templates (ae_train.logformat) and the logging
-  setup's line format (ae_train.logs.FORMAT): no line is typed here, so the tests follow the writers.
+  setup's line format (ae_train.logs.FORMAT), in the files RunDir names: no line or file name is
+  typed here, so the tests follow the writers.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from ae_train import logformat as lf
 from ae_train.logs import FORMAT
+from ae_train.rundir import RunDir
 
 MARKER = re.compile(r"========== (SANITY CHECK|EPOCH (\d+) (TRAINING|VALIDATION)) (START|END) ==========(?: batches=(\d+))?")
 
@@ -52,7 +54,7 @@ class RankWriter:
 
     def __init__(self, logs: Path, rank: int, world: int, ts: str = TS, workers: int = 2, host: str = "node1",
                  pid: int | None = None, t: float = T0):
-        self.path = logs / f"debug_rank{rank}_{ts}.log"
+        self.path = RunDir.of_logs(logs).debug_log(rank, ts)
         self.rank, self.world, self.K, self.t = rank, world, workers, t
         self.tag = lf.RANK_TAG % (rank, world)
         self.f = open(self.path, "a", encoding="utf-8")
@@ -149,7 +151,7 @@ class RankWriter:
 
 def train_log(logs: Path, lines: list[tuple], ts: str = TS) -> Path:
     """The train log: (time, level, tag, Message or template, *args) per record."""
-    p = logs / f"train_{ts}.log"
+    p = RunDir.of_logs(logs).train_log(ts)
     with open(p, "a", encoding="utf-8") as f:
         for t, level, tag, msg, *args in lines:
             f.write(log_line(t, level, tag, msg.template if isinstance(msg, lf.Message) else msg, *args))

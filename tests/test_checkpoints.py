@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ae_train.checkpoint_files import newest_good, remove_leftovers, verify
-from ae_train.config import ConfigError, load_config, resume_path
+from ae_train.checkpoint_files import newest_good, remove_leftovers, resume_path, verify
+from ae_train.config import ConfigError, load_config
 from ae_train.diagnose import diagnose_run
 from ae_train.exitcodes import ExitCode
 from conftest import ROOT, fit, make_shards, start, wait_for

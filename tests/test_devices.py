@@ -15,7 +15,7 @@ def test_devices_cpu_resolves_without_importing_torch(flags, expected):
     script = textwrap.dedent(f"""
         import sys
         from ae_train.config import load_config
-        from ae_train.devices import resolve_devices
+        from ae_train.run.devices import resolve_devices
         cfg = load_config(None, {flags!r})
         resolve_devices(cfg)
         print(cfg.trainer.accelerator, cfg.trainer.devices, "torch" in sys.modules)
@@ -30,6 +30,6 @@ def test_devices_gpu_asked_for_and_not_visible_is_a_config_error():
     if torch.cuda.device_count():
         pytest.skip("a GPU is visible here")
     from ae_train.config import ConfigError, load_config
-    from ae_train.devices import resolve_devices
+    from ae_train.run.devices import resolve_devices
     with pytest.raises(ConfigError, match="trainer.accelerator: gpu requested but no CUDA device is visible"):
         resolve_devices(load_config(None, ["--trainer.accelerator=gpu"]))

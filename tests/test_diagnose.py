@@ -14,7 +14,7 @@ import pytest
 
 from ae_train import logformat as lf
 from ae_train.diagnose import diagnose_run, format_report, main
-from ae_train.logs import _log_uncaught
+from ae_train.logs import log_uncaught
 from helpers import NOW, RankWriter, finding, finished_run, kinds, log_line, train_log
 
 
@@ -246,7 +246,7 @@ def test_diagnose_tolerates_torn_unknown_and_continuation_lines(logs):
     try:
         raise ValueError("boom")
     except ValueError as e:
-        rl.through(_log_uncaught, ValueError, e, e.__traceback__)  # logs.py's excepthook: line + traceback
+        rl.through(log_uncaught, ValueError, e, e.__traceback__)  # logs.py's excepthook: line + traceback
     rl.raw("\xff\xfe garbage that is not a log line ] [ at all")
     rl.raw("[E ProcessGroupNCCL.cpp:475] Watchdog caught collective operation timeout: WorkNCCL(OpType=ALLREDUCE)")
     rl.log("INFO", "some unknown message from a library")
@@ -308,7 +308,7 @@ def test_diagnose_plot_writes_png(logs, tmp_path, capsys):
     assert "silent (no progress)" in legend  # rank 0 went silent while rank 1 went on: a stalled run
 
 
-def test_diagnose_plot_finished_run_is_not_silent_and_time_labels_differ(logs):
+def test_diagnose_plot_finished_run_is_not_silent_andtime_labels_differ(logs):
     pytest.importorskip("matplotlib")
     from ae_train.diagnose.plot import draw
     rls = finished_run(logs)
@@ -321,16 +321,16 @@ def test_diagnose_plot_finished_run_is_not_silent_and_time_labels_differ(logs):
     assert fig.axes[1].get_title() == "time split" and len(fig.axes[1].patches) == 2  # old lines: data wait only
 
 
-def test_diagnose_plot_time_labels_as_fine_as_needed():
+def test_diagnose_plottime_labels_as_fine_as_needed():
     from datetime import timedelta
 
-    from ae_train.diagnose.plot import _time_labels
+    from ae_train.diagnose.plot import time_labels
     t0, t1 = datetime(2026, 11, 29, 23, 59, 58), datetime(2026, 11, 29, 10, 0, 0)
-    assert _time_labels([t1 + timedelta(minutes=i) for i in range(3)]) == ["10:00", "10:01", "10:02"]
-    assert _time_labels([t1 + timedelta(seconds=20 * i) for i in range(3)]) == ["10:00:00", "10:00:20", "10:00:40"]
-    assert _time_labels([t1 + timedelta(seconds=0.2 * i) for i in range(3)]) == ["10:00:00.000", "10:00:00.200",
+    assert time_labels([t1 + timedelta(minutes=i) for i in range(3)]) == ["10:00", "10:01", "10:02"]
+    assert time_labels([t1 + timedelta(seconds=20 * i) for i in range(3)]) == ["10:00:00", "10:00:20", "10:00:40"]
+    assert time_labels([t1 + timedelta(seconds=0.2 * i) for i in range(3)]) == ["10:00:00.000", "10:00:00.200",
                                                                                    "10:00:00.400"]
-    assert _time_labels([t0, t0 + timedelta(minutes=10)]) == ["11-29 23:59", "11-30 00:09"]  # the date when it changes
+    assert time_labels([t0, t0 + timedelta(minutes=10)]) == ["11-29 23:59", "11-30 00:09"]  # the date when it changes
 
 
 

@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from ae_train.cli import _one_line
+from ae_train.cli import one_line
 from ae_train.config import Config, ConfigError, field_docs, load_config, split_config_arg
 from ae_train.data.shards import DataError, list_shards
 from ae_train.data.urls import is_url
@@ -58,11 +58,11 @@ def _argv_safe(args: list[str]) -> bool:
 
 def _one_line_error(call) -> object:
     """The call's result, or the ConfigError/DataError it raised (any other exception fails the test).
-    The CLI prints the message on one line, control characters escaped (cli._one_line)."""
+    The CLI prints the message on one line, control characters escaped (cli.one_line)."""
     try:
         return call()
     except (ConfigError, DataError) as e:
-        assert str(e).strip() and "\n" not in _one_line(str(e)), repr(str(e))
+        assert str(e).strip() and "\n" not in one_line(str(e)), repr(str(e))
         return e
 
 

@@ -1,15 +1,16 @@
 """logformat: every message template, filled with its example, is shown in docs/LOG_FORMAT.md and parsed back
-by its own pattern; the logging setup writes lines in logformat's line format."""
+by its own pattern; the logging setup writes lines, tags and file names as logformat has them."""
 from __future__ import annotations
 
-import logging
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from ae_train import logformat as lf
-from ae_train import logs
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "LOG_FORMAT.md").read_text(encoding="utf-8")
 
@@ -60,11 +61,57 @@ def test_logformat_split_and_tags_as_documented():
     assert f"`{lf.LAUNCHER_TAG}`" in DOC
 
 
-def test_logformat_line_format_is_the_logging_setup_format(tmp_path):
-    assert logs.FORMAT == lf.LINE_FORMAT
-    rec = logging.LogRecord("ae_train.x", logging.INFO, __file__, 1, lf.PROCESSING.template, lf.PROCESSING.example, None)
-    rec.tag = lf.WORKER_TAG % (0, 2, 1, 2)
-    line = logging.Formatter(lf.LINE_FORMAT).format(rec)
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[INFO\] \[Rank 0/2 Worker 1/2\] Processing 3/5 .*", line)
-    assert len(line.split(" [", 1)[0]) == lf.TIME_LEN
+def test_logformat_file_names_read_back_and_are_documented():
+    ts = "20261129_050102"
+    assert time.strftime(lf.TS_FORMAT, time.strptime(ts, lf.TS_FORMAT)) == ts
+    assert lf.RUN_FILE.fullmatch(lf.TRAIN_LOG % ts).groups() == (None, ts)
+    assert lf.RUN_FILE.fullmatch(lf.DEBUG_LOG % (3, ts)).groups() == ("3", ts)
+    assert lf.STARTUP_FILE.fullmatch(lf.STARTUP_LOG % (3, ts)).groups() == ("3", ts)
+    assert not lf.RUN_FILE.fullmatch(lf.STARTUP_LOG % (3, ts)) and not lf.RUN_FILE.fullmatch(lf.LEDGER % (3, ts))
+    for name in (lf.TRAIN_LOG % "<ts>", lf.DEBUG_LOG % ("<N>", "<ts>"), lf.LEDGER % ("<N>", "<ts>"),
+                 lf.STARTUP_LOG % ("<N>", "<ts>")):
+        assert f"`{name}`" in DOC, name
+
+
+LOGGING_CHILD = """
+import logging, os, sys
+from pathlib import Path
+from ae_train import logs
+d, who, log = Path(sys.argv[1]), sys.argv[2], logging.getLogger("ae_train.test")
+if who == "launcher":
+    logs.setup_launcher_logging(d, "20260101_000001")
+    log.info("from the launcher")
+    sys.exit(0)
+logs.setup_rank_logging(d, "20260101_000000", 1, 2, debug=True)
+if os.fork() == 0:
+    logs.set_worker(0, 3)
+    log.info("from the worker")
+    os._exit(0)
+os.wait()
+log.warning("from the rank")
+"""
+
+
+def test_logformat_line_format_files_and_tags_are_what_the_logging_setup_writes(tmp_path):
+    """A rank, its DataLoader worker and a launcher log through the real setup (in child processes: it takes
+    over fds 1 and 2); every file name and line they write reads back through logformat."""
+    for who in ("rank", "launcher"):
+        r = subprocess.run([sys.executable, "-c", LOGGING_CHILD, str(tmp_path), who], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+    files = {lf.RUN_FILE.fullmatch(p.name).groups(): p for p in tmp_path.iterdir()}
+    assert sorted(files, key=str) == sorted([("1", "20260101_000000"), (None, "20260101_000000"),
+                                             (None, "20260101_000001")], key=str)
+    lines = {key: [line for line in p.read_text().splitlines()] for key, p in files.items()}
+    tags = {}
+    for key, written in lines.items():
+        for line in written:
+            time.strptime(line[:lf.TIME_LEN].split(",")[0], "%Y-%m-%d %H:%M:%S")
+            level, tag, message = re.fullmatch(r",\d{3} \[(\w+)\] \[(.+?)\] (.*)", line[lf.TIME_LEN - 4:]).groups()
+            tags[key, message] = (level, tag)
+    assert tags == {(("1", "20260101_000000"), "from the worker"): ("INFO", lf.WORKER_TAG % (1, 2, 0, 3)),
+                    (("1", "20260101_000000"), "from the rank"): ("WARNING", lf.RANK_TAG % (1, 2)),
+                    ((None, "20260101_000000"), "from the rank"): ("WARNING", lf.RANK_TAG % (1, 2)),
+                    ((None, "20260101_000001"), "from the launcher"): ("INFO", lf.LAUNCHER_TAG)}
+    assert lf.TAG.fullmatch((lf.WORKER_TAG % (1, 2, 0, 3)).encode()).groups() == (b"1", b"2", b"0", b"3")
     assert "`YYYY-MM-DD HH:MM:SS,mmm [LEVEL] [TAG] message`" in DOC

@@ -11,6 +11,7 @@ PRELUDE = """
 import logging, os, sys, time
 from pathlib import Path
 from ae_train import logs
+from ae_train.rundir import RunDir
 d = Path(sys.argv[1])
 log = logging.getLogger("ae_train.test")
 """
@@ -109,7 +110,7 @@ def test_logs_startup_log_becomes_the_debug_log_with_every_line(tmp_path):
         log.error("blocked in set-up")
         assert path.name.startswith("startup_rank1_") and path.exists()
         # the run's timestamp: not taken by a start-up log of the same second
-        ts = logs.new_run_timestamp(d)
+        ts = RunDir.of_logs(d).new_timestamp()
         assert ts == path.name[len("startup_rank1_"):-4], (ts, path.name)
         logs.setup_rank_logging(d, ts, 1, 2, debug=False)
         log.info("after")

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from ae_train.orphans import descendants
+from ae_train.run.orphans import descendants
 from conftest import DIM, ROOT, TESTS, fit, make_shards, pids_in, start, wait_for, wait_gone
 
 GONE_WITHIN_S = 60  # the bound, with the default checkpoint.parent_death_grace_s (30 s)

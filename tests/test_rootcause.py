@@ -1,6 +1,6 @@
 """Root cause first (diagnose/failures.py, diagnose/rootcause.py): the verdict leads with the first failure in
 time across ranks and workers, and lists what followed as consequences. Logs written through the writers'
-own templates and the real excepthook (logs._log_uncaught); the real failing runs are in test_faults.py and
+own templates and the real excepthook (logs.log_uncaught); the real failing runs are in test_faults.py and
 test_checkpoints.py."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from ae_train import logformat as lf
 from ae_train.diagnose import diagnose_run, format_report, main
-from ae_train.logs import _log_uncaught
+from ae_train.logs import log_uncaught
 from helpers import NOW, RankWriter, finished_run, kinds, train_log
 
 # Texts of torch and gloo (not ours), as they write them.
@@ -32,7 +32,7 @@ def uncaught(rl: RankWriter, exc: BaseException, thread: str | None = None, dt: 
     try:
         raise exc
     except BaseException as e:
-        rl.through(_log_uncaught, type(e), e, e.__traceback__, thread, dt=dt)
+        rl.through(log_uncaught, type(e), e, e.__traceback__, thread, dt=dt)
 
 
 def _first_lines(logs) -> tuple[dict, list[str]]:
@@ -123,7 +123,7 @@ def test_rootcause_worker_exception_names_the_worker_and_its_own_traceback(logs)
     try:
         wrapped.reraise()
     except KeyError as e:
-        rls[0].through(_log_uncaught, KeyError, e, e.__traceback__)
+        rls[0].through(log_uncaught, KeyError, e, e.__traceback__)
     uncaught(rls[1], RuntimeError(GLOO_CLOSED))
     rep, verdict = _first_lines(logs)
     assert verdict[0].startswith("!! First failure: rank 0 worker 1 raised KeyError: \"sample s0042 has no 'x.npy' "
@@ -241,7 +241,7 @@ def test_rootcause_chained_exception_shows_where_it_began(logs):
         except OSError as e:
             raise RuntimeError("could not load the run's settings") from e
     except RuntimeError as e:
-        rl.through(_log_uncaught, RuntimeError, e, e.__traceback__, "loader")
+        rl.through(log_uncaught, RuntimeError, e, e.__traceback__, "loader")
     rep, verdict = _first_lines(logs)
     assert verdict[0].startswith("!! First failure: rank 0 (thread loader) raised RuntimeError: could not load the "
                                  "run's settings")

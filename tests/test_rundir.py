@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ae_train import logformat as lf
-from ae_train.config import ConfigError, load_config
+from ae_train.config import ConfigError, load_config, to_yaml
 from ae_train.exitcodes import STOPPED_ON_PURPOSE, ExitCode
 from ae_train.rundir import CONFIG_MARK, RunDir
 from conftest import fit, make_shards
@@ -58,13 +58,13 @@ def test_rundir_write_config_keeps_a_config_the_user_wrote(tmp_path, caplog):
     cfg = load_config(None, [f"--output_dir={tmp_path}", "--data.train_shards=x.tar", "--seed=7"])
     run.config.write_text("# mine\nseed: 1\n")
     with caplog.at_level(logging.WARNING):
-        run.write_config(cfg, "20260101_000000")
+        run.write_config(to_yaml(cfg), "20260101_000000")
     assert run.config.read_text() == "# mine\nseed: 1\n"
     assert "seed: 7" in run.run_config("20260101_000000").read_text()
     assert lf.CONFIG_LEFT.text(run.config, "20260101_000000") in caplog.text
     run.config.unlink()
-    run.write_config(cfg, "20260101_000001")  # no file: ours to write, and to update next time
-    run.write_config(load_config(None, [f"--output_dir={tmp_path}", "--data.train_shards=x.tar", "--seed=8"]),
+    run.write_config(to_yaml(cfg), "20260101_000001")  # no file: ours to write, and to update next time
+    run.write_config(to_yaml(load_config(None, [f"--output_dir={tmp_path}", "--data.train_shards=x.tar", "--seed=8"])),
                      "20260101_000002")
     assert run.config.read_text() == run.run_config("20260101_000002").read_text() and "seed: 8" in run.config.read_text()
     assert [p.name for p in run.configs()] == ["config.yaml", "config_20260101_000000.yaml",

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from ae_train import runlock
+from ae_train.run import runlock
 from ae_train.config import ConfigError
 from ae_train.exitcodes import ExitCode
 from ae_train.rundir import RunDir
@@ -32,7 +32,7 @@ def test_runlock_a_held_lock_names_its_holder_and_a_released_one_is_free(tmp_pat
 
 
 def test_runlock_the_lock_of_a_killed_process_is_taken_over_with_a_warning(tmp_path, caplog):
-    code = f"from ae_train import runlock; runlock.acquire({str(tmp_path)!r}); print('locked', flush=True); input()"
+    code = f"from ae_train.run import runlock; runlock.acquire({str(tmp_path)!r}); print('locked', flush=True); input()"
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "locked\n"

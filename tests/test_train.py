@@ -47,8 +47,12 @@ def test_fit_one_timestamp_for_all_files(debug_run):
 
 
 def test_fit_every_line_has_the_format(debug_run):
+    """Every stamped line has the format; continuation lines (the config, Lightning's model summary) follow
+    a record. A file whose first line is no record fails: a changed format cannot pass unseen."""
     for path in debug_run.files("*.log"):
-        for line in path.read_text().splitlines():
+        lines = path.read_text().splitlines()
+        assert lines and LINE.match(lines[0]), f"{path.name} starts with {lines[:1]}"
+        for line in lines:
             if line and line[0].isdigit() and line[:4].isdigit() and line[4] == "-":
                 assert LINE.match(line), f"{path.name}: {line}"
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 import os
 import time
 
-from .config import ConfigError, load_config, split_config_arg
+from .config import load_config, split_config_arg
 from .data.datamodule import make_loader
 from .data.stagetimes import StageTimes
+from .errors import ConfigError
 
 USAGE = "usage: ae-train bench-data --config FILE [--key=value ...] [--seconds=S] [--device=DEVICE]"
 

@@ -1,10 +1,14 @@
 """Checkpoint files on disk: is one whole, which one to resume from, what a killed save left behind.
 
+`resume_path` picks the checkpoint a run continues from (`resume=auto`: the newest whole one), for
+the launcher before any rank starts and for ranks that no launcher started.
+
 torch.save writes a zip archive (data.pkl plus one record per tensor storage, each with a CRC-32).
 A save cut short by a kill or a full disk has no central directory at its end; a file damaged
 afterwards fails a record's CRC. zipfile finds both without torch, so the launcher checks the
 checkpoint to resume before any rank starts. Checkpoints are written to `<name>.tmp<pid>` and
-renamed (checkpoint_io.AtomicCheckpointIO): a `.tmp<pid>` file is a save that never finished.
+renamed (checkpoint_io.AtomicCheckpointIO, through atomic.py): a `.tmp<pid>` file is a save that
+never finished.
 
 `read_progress` reads where a checkpoint stands (epoch, step, batches of the epoch, the data order)
 from its pickle without torch: every tensor and class in it becomes an opaque stand-in, only plain
@@ -22,16 +26,18 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .rundir import LAST_CKPT
+from . import logformat as lf
+from .atomic import TMP_MARK
+from .errors import ConfigError
+from .rundir import LAST_CKPT, RunDir
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger(__name__)
-TMP_MARK = ".tmp"  # <name>.tmp<pid>: a checkpoint being written
-_LEFTOVER = re.compile(r".+\.ckpt\.tmp\d+$")
-
-
-def tmp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+_LEFTOVER = re.compile(rf".+\.ckpt{re.escape(TMP_MARK)}\d+$")  # atomic.tmp_name of a checkpoint
 
 
 def verify(path: str | Path) -> str | None:
@@ -74,6 +80,38 @@ def newest_good(ckpt_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
     return None, skipped
 
 
+def resume_path(cfg: Config, verify_given: bool = True, warn: bool = True) -> str | None:
+    """The checkpoint this run continues from, or None for a fresh run.
+
+    `auto` takes the newest whole checkpoint in output_dir/checkpoints (last.ckpt normally) and says
+    so when it had to pass over a broken one; a path given with `--resume` must be whole.
+    `verify_given` False trusts a given path (the launcher verified it before starting the ranks).
+    """
+    ckpt_dir = RunDir.of(cfg).checkpoints
+    if cfg.resume == "auto":
+        good, broken = newest_good(ckpt_dir)
+        if broken and good is None:
+            path, why = broken[0]
+            raise ConfigError(f"resume=auto: no readable checkpoint in {ckpt_dir}: {path.name} {why}"
+                              + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else "")
+                              + "; move them away to start afresh, or pass --resume=<checkpoint>")
+        if broken and warn:
+            names = ", ".join(f"{p.name} {why}" for p, why in broken)
+            log.warning(lf.RESUME_FALLBACK.template, names, good)
+        return str(good) if good else None
+    if cfg.resume:
+        if not Path(cfg.resume).is_file():
+            raise ConfigError(f"resume: checkpoint not found: {cfg.resume}")
+        why = verify(cfg.resume) if verify_given else None
+        if why:
+            raise ConfigError(f"resume: checkpoint {cfg.resume} {why}")
+        return cfg.resume
+    if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
+        raise ConfigError(f"output_dir {cfg.output_dir} already holds checkpoints of an earlier run; "
+                          "pass --resume=auto to continue it, or choose another --output_dir")
+    return None
+
+
 def remove_leftovers(ckpt_dir: Path) -> list[Path]:
     """Delete `<name>.ckpt.tmp<pid>` files of saves that never finished (the run lock is held, so no
     live save of this output_dir is writing them); return what was removed."""
@@ -85,7 +123,7 @@ def remove_leftovers(ckpt_dir: Path) -> list[Path]:
                     p.unlink()
                     removed.append(p)
                 except OSError as e:
-                    log.warning("Could not remove %s, left by an unfinished checkpoint save: %s", p, e.strerror or e)
+                    log.warning(lf.LEFTOVER_KEPT.template, p, e.strerror or e)
     return removed
 
 
@@ -147,8 +185,6 @@ def read_progress(path: str | Path) -> Progress | None:
 
 def nothing_to_train(progress: Progress, max_epochs: int, max_steps: int) -> tuple | None:
     """(template, args) of the line saying that a checkpoint already reached the run's end, or None."""
-    from . import logformat as lf
-
     if progress.epochs_done >= max_epochs:
         return lf.NOTHING_TO_TRAIN.template, (progress.epochs_done - 1, max_epochs, max_epochs + progress.epochs_done)
     if 0 < max_steps <= progress.global_step:

@@ -1,17 +1,15 @@
 """Atomic checkpoint writes, and every rank stopping together when one cannot be written.
 
 Lightning's TorchCheckpointIO writes over the target file in place: a kill or a full disk during the
-save leaves a truncated `last.ckpt` and no good one. AtomicCheckpointIO writes `<name>.tmp<pid>`,
-fsyncs it, renames it over `<name>` and fsyncs the directory, so `<name>` is always either the
-previous checkpoint or the new one, whole. Only global rank 0 writes; a failed write (ENOSPC, EFBIG,
+save leaves a truncated `last.ckpt` and no good one. AtomicCheckpointIO writes through
+atomic.atomic_write (`<name>.tmp<pid>`, fsynced, renamed over `<name>`, the directory fsynced), so
+`<name>` is always either the previous checkpoint or the new one, whole. Only global rank 0 writes; a failed write (ENOSPC, EFBIG,
 EIO) removes the temporary file and is remembered, and `raise_if_not_saved` (called by every rank
 after each save, a broadcast from rank 0) stops all ranks at the same point with one ERROR line.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,8 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from typing_extensions import override
 
-from .checkpoint_files import tmp_name
+from . import logformat as lf
+from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -39,27 +38,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         path = Path(path)
-        tmp = tmp_name(path)
         self.failed = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:  # streamed: no second copy of the checkpoint in memory
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            with atomic_write(path, durable=True) as f:
+                torch.save(checkpoint, f)  # streamed: no second copy of the checkpoint in memory
         except OSError as e:
             self.failed = f"{path}: {e.strerror or e}"
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            log.info("Could not write checkpoint %s: %s", path, e.strerror or e)  # the ERROR line: train.main
-            return
-        with contextlib.suppress(OSError):  # the rename itself survives a power loss
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            log.info(lf.CKPT_NOT_WRITTEN.template, path, e.strerror or e)  # the ERROR line: train.main
 
 
 def save_failure(trainer: pl.Trainer) -> str | None:

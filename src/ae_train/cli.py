@@ -1,4 +1,5 @@
-"""`ae-train` subcommands: fit, make-shards, index, diagnose, collect, config.
+"""`ae-train` subcommands: fit, make-shards, index, config here; diagnose, collect, bench-data, encode,
+evaluate and export dispatched to their modules (imported only when asked for).
 
 Bad input ends with one line `ae-train: error: ...` on stderr and exit code 2 (ExitCode.BAD_INPUT), never a traceback.
 """
@@ -9,7 +10,8 @@ import logging
 import os
 import sys
 
-from .config import ConfigError, keys_help, load_config, split_config_arg, to_yaml
+from .config import keys_help, load_config, split_config_arg, to_yaml
+from .errors import ConfigError
 from .exitcodes import ExitCode, exit_process
 
 USAGE = """usage: ae-train <command> [args]
@@ -62,14 +64,14 @@ def cmd_fit(args: list[str]) -> int:
     path, overrides = split_config_arg(args)
     cfg = load_config(path, overrides)
     if _is_rank():
-        from .startup import open_rank_log
+        from .run.startup import open_rank_log
         open_rank_log(cfg)  # from the first second, before torch is imported and the process group exists
         from . import train
         if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's summary then names the exception, not <N/A>
             from torch.distributed.elastic.multiprocessing.errors import record
             return record(train.main)(cfg)
         return train.main(cfg)
-    from . import launcher
+    from .run import launcher
     return launcher.launch(cfg, args)
 
 
@@ -184,7 +186,7 @@ def cmd_index(args: list[str]) -> int:
     return ExitCode.FAILED if bad else ExitCode.OK
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
     """The error on one line: a newline or control character the user typed (in a key, a flag, a
     path) is shown escaped, as Python would write it."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
@@ -211,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         from .logs import logging_installed, print_error
         if logging_installed() and not getattr(e, "logged", False):  # a rank: its logs hold the error
-            logging.getLogger("ae_train").error("%s", _one_line(str(e)))
+            logging.getLogger("ae_train").error("%s", one_line(str(e)))
         else:
-            print_error(_one_line(str(e)))
+            print_error(one_line(str(e)))
         return ExitCode.BAD_INPUT
 
 

@@ -1,12 +1,12 @@
 """One dataclass tree for the whole run: defaults here, then a YAML file, then `--key=value` flags.
 
 CLI beats file beats defaults. Every key is type-checked; an unknown key or a wrong type raises
-ConfigError naming the key and where it came from (the file or the flag), before any rank starts.
+ConfigError (errors.py) naming the key and where it came from (the file or the flag), before any rank
+starts. Which checkpoint a run resumes from is checkpoint_files.resume_path's to say.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +14,8 @@ from typing import Any
 
 import yaml
 
-from . import logformat as lf
-
-log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """Bad user input: the message is one line that names the key, file or flag."""
+from .errors import ConfigError  # raised here, and imported from here by data/
+from .lightning_args import check_trainer_key
 
 
 @dataclass
@@ -241,9 +236,7 @@ def _set(cfg: Config, dotted: str, value: Any, where: str) -> None:
     for i, part in enumerate(parts):
         fields = _fields(obj)
         if isinstance(obj, TrainerConfig) and i == len(parts) - 1 and (part not in fields or part == "extra"):
-            from .lightning_args import check_trainer_key  # every other Trainer argument passes through
-
-            check_trainer_key(part, where)
+            check_trainer_key(part, where)  # every other Trainer argument passes through
             obj.extra[part] = _convert(value, Any, where, dotted)
             return
         if part not in fields:
@@ -379,41 +372,6 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-
-
-def resume_path(cfg: Config, verify: bool = True, warn: bool = True) -> str | None:
-    """The checkpoint this run continues from, or None for a fresh run.
-
-    `auto` takes the newest whole checkpoint in output_dir/checkpoints (last.ckpt normally) and says
-    so when it had to pass over a broken one; a path given with `--resume` must be whole. `verify`
-    False trusts an explicit path (the launcher verified it before starting the ranks).
-    """
-    from . import checkpoint_files
-    from .rundir import RunDir
-
-    ckpt_dir = RunDir.of(cfg).checkpoints
-    if cfg.resume == "auto":
-        good, broken = checkpoint_files.newest_good(ckpt_dir)
-        if broken and good is None:
-            path, why = broken[0]
-            raise ConfigError(f"resume=auto: no readable checkpoint in {ckpt_dir}: {path.name} {why}"
-                              + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else "")
-                              + "; move them away to start afresh, or pass --resume=<checkpoint>")
-        if broken and warn:
-            names = ", ".join(f"{p.name} {why}" for p, why in broken)
-            log.warning(lf.RESUME_FALLBACK.template, names, good)
-        return str(good) if good else None
-    if cfg.resume:
-        if not Path(cfg.resume).is_file():
-            raise ConfigError(f"resume: checkpoint not found: {cfg.resume}")
-        why = checkpoint_files.verify(cfg.resume) if verify else None
-        if why:
-            raise ConfigError(f"resume: checkpoint {cfg.resume} {why}")
-        return cfg.resume
-    if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
-        raise ConfigError(f"output_dir {cfg.output_dir} already holds checkpoints of an earlier run; "
-                          "pass --resume=auto to continue it, or choose another --output_dir")
-    return None
 
 
 def to_dict(cfg: Config) -> dict:

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from . import logformat as lf
-from .config import ConfigError
+from .atomic import atomic_write
+from .errors import ConfigError
 from .exitcodes import ExitCode
 from .rundir import RunDir
 
@@ -63,16 +64,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _encode_shard(model, url: str, dest: Path, key: str, spec, batch_size: int) -> int:
-    """Write dest (atomically: a temporary name, then rename); returns the samples encoded."""
+    """Write dest (atomically: atomic.atomic_write); returns the samples encoded."""
     import numpy as np
 
     from .inference import encode_batch, shard_batches
 
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     n = 0
-    raw = open(tmp, "wb")
-    sink = gzip.GzipFile(fileobj=raw, mode="wb") if dest.name.endswith((".gz", ".tgz")) else raw
-    try:
+    with atomic_write(dest) as raw:
+        sink = gzip.GzipFile(fileobj=raw, mode="wb") if dest.name.endswith((".gz", ".tgz")) else raw
         with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for keys, others, batch in shard_batches(url, key, spec, batch_size):
                 for k, parts, z in zip(keys, others, encode_batch(model, batch)):
@@ -83,12 +82,7 @@ def _encode_shard(model, url: str, dest: Path, key: str, spec, batch_size: int) 
                         _add(tar, f"{k}.{ext}", data)
                 n += len(keys)
         if sink is not raw:
-            sink.close()
-        raw.close()
-        os.replace(tmp, dest)
-    finally:
-        raw.close()
-        tmp.unlink(missing_ok=True)
+            sink.close()  # the gzip trailer, before the file takes its name
     return n
 
 
@@ -127,7 +121,8 @@ def _rank(a: argparse.Namespace) -> int:
 
 
 def _launch(a: argparse.Namespace, argv: list[str]) -> int:
-    from . import launcher, logs
+    from . import logs
+    from .run import launcher
     from .data.shards import count_shard, list_shards, write_index
 
     urls = list_shards(a.shards, "--shards")
@@ -145,7 +140,7 @@ def _launch(a: argparse.Namespace, argv: list[str]) -> int:
     devices = a.devices or (torch.cuda.device_count() or 2)
     run = RunDir(out)
     run.logs.mkdir(parents=True, exist_ok=True)
-    ts = logs.new_run_timestamp(run.logs)
+    ts = run.new_timestamp()
     train_log = logs.setup_launcher_logging(run.logs, ts)
     log.info(lf.ENCODING.template, len(urls), a.ckpt, devices, ts, extra=logs.CONSOLE)
     log.info(lf.MONITOR.template, train_log, extra=logs.CONSOLE)

@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import ConfigError
 from .exitcodes import ExitCode
 
 

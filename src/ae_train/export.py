@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import ConfigError
 from .exitcodes import ExitCode
 
 

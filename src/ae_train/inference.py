@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ConfigError
 from .data.decode import SampleSpec, decode_into
 from .data.stream import open_samples
+from .errors import ConfigError
 from .model import AutoEncoder
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import inspect
 import os
 from typing import Any
 
-from .config import ConfigError
+from .errors import ConfigError
 
 # Trainer arguments ae_train sets: a user value is refused, with what to use instead.
 OWNED = {

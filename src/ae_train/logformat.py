@@ -11,15 +11,22 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+# ---- the files, under <output_dir>/logs/ (rundir.RunDir builds their paths, diagnose finds them) ----
+TS_FORMAT = "%Y%m%d_%H%M%S"  # <ts>, a run's timestamp (strftime): one per run, shared by all its ranks
+TRAIN_LOG = "train_%s.log"  # <ts>
+DEBUG_LOG = "debug_rank%s_%s.log"  # global rank (`*` in the glob the console shows), <ts>
+LEDGER = "samples_rank%s_%s.tsv"  # global rank, <ts>: the sample ledger (log.sample_ledger)
+STARTUP_LOG = "startup_rank%s_%s.log"  # global rank, <ts> its own start: its lines before the run had a timestamp
+RUN_FILE = re.compile(r"(?:train|debug_rank(\d+))_(\d{8}_\d{6})\.log")  # TRAIN_LOG, DEBUG_LOG: (rank or None, <ts>)
+STARTUP_FILE = re.compile(r"startup_rank(\d+)_(\d{8}_\d{6})\.log")  # STARTUP_LOG: (rank, <ts>)
+
 # ---- the line ----
 LINE_FORMAT = "%(asctime)s [%(levelname)s] [%(tag)s] %(message)s"  # logging's default asctime: local time, ,mmm
 LAUNCHER_TAG = "Launcher"
 RANK_TAG = "Rank %d/%d"
-WORKER_TAG = "Rank %d/%d Worker %d/%d"
+WORKER_PART = " Worker %d/%d"  # a DataLoader worker's tag: its process's tag, then this
+WORKER_TAG = RANK_TAG + WORKER_PART
 TAG = re.compile(rb"Rank (\d+)/(\d+)(?: Worker (\d+)/(\d+))?")
-RUN_FILE = re.compile(r"(?:train|debug_rank(\d+))_(\d{8}_\d{6})\.log")  # train_<ts>.log, debug_rank<N>_<ts>.log
-# startup_rank<N>_<ts>.log, <ts> the rank's own start: a rank's lines before the run had a timestamp (logs.py)
-STARTUP_FILE = re.compile(r"startup_rank(\d+)_(\d{8}_\d{6})\.log")
 TIME_LEN = 23  # `YYYY-MM-DD HH:MM:SS,mmm`, then ` [LEVEL] [TAG] message`
 
 
@@ -116,7 +123,7 @@ HANG = Message("HANG SUSPECTED: no progress for %.0f s in %s (last event: %s)",
 RESOURCES = Message("Resources at hang: rss %.0f MB, cpu time user %.1f s system %.1f s, cuda %s, worker pids %s",
                     (812, 10.1, 2.0, "n/a", "[1240, 1241]"), re.compile(rb"Resources at hang"))
 RESUMED = Message("progress resumed after %.0f s", (700,), re.compile(rb"progress resumed"))
-# A rank's process-group set-up (procgroup.py): each stage (INFO, debug log), and the phase a HANG line names.
+# A rank's process-group set-up (run/procgroup.py): each stage (INFO, debug log), and the phase a HANG line names.
 SETUP = Message("Process-group set-up: %s", ("joined rank 0's store at node0:41234 (torchrun restart 1)",),
                 re.compile(rb"Process-group set-up: (.*)"))
 SETUP_PHASE = "process-group set-up, %s; ranks not yet connected: %s"
@@ -251,6 +258,9 @@ COUNTS_SAVED = Message("Saved the sample counts of %d shard(s) to %s", (12, "/ou
 LEFTOVER_REMOVED = Message("Removed %s, left by a checkpoint save that did not finish",
                            ("/out/checkpoints/last.ckpt.tmp4242",),
                            re.compile(rb"Removed (.+), left by a checkpoint save that did not finish"))
+LEFTOVER_KEPT = Message("Could not remove %s, left by an unfinished checkpoint save: %s",
+                        ("/out/checkpoints/last.ckpt.tmp4242", "Permission denied"),
+                        re.compile(rb"Could not remove (.+), left by an unfinished checkpoint save: (.*)"))
 LAUNCHER_HANG = Message("HANG SUSPECTED: no progress for %d s in launcher checks (last event: %s%s)",
                         (600, "<last line>", "; reading <url> for 600 s"), HANG.pattern)
 NODE_STARTING = Message("Node %d: starting ranks %d-%d; node 0 (%s) names the run", (1, 8, 15, "10.0.0.1"),
@@ -285,6 +295,9 @@ SHARD_LIMIT_STOP = re.compile(rb"Stopping: ((\d+) of (\d+) shards of (\S+) could
 SHARD_ERRORS_EPOCH = Message("Epoch %d %s: %d of %d shards of %s could not be read (limit %d, data.max_shard_errors=%g)",
                              (0, "train", 2, 40, "train_shards", 4, 0.1),
                              re.compile(rb"Epoch (\d+) (train|val): (\d+) of (\d+) shards of (\S+) could not be read"))
+# Rank 0's own note of the failed write (INFO, debug log); every rank then stops on CKPT_WRITE_FAILED.
+CKPT_NOT_WRITTEN = Message("Could not write checkpoint %s: %s", ("/out/checkpoints/last.ckpt", "No space left on device"),
+                           re.compile(rb"Could not write checkpoint (.+?): (.*)"))
 CKPT_WRITE_FAILED = Message("Stopping: could not write checkpoint %s; the checkpoints saved before are kept "
                             "(continue with --resume=auto once there is room)",
                             ("/out/checkpoints/last.ckpt: No space left on device",),
@@ -314,7 +327,8 @@ ENCODE_COMPLETED = Message("COMPLETED iteration, total samples: %d (shards %d, e
 ENCODED = Message("Encoded %d of %d shard(s) into %s", (4, 4, "/out/latents"),
                   re.compile(rb"Encoded (\d+) of (\d+) shard\(s\) into (.*)"))
 
-# Run lock, resume choice, a lost launcher, an uncaught exception (runlock.py, config.py, orphans.py, logs.py).
+# Run lock, resume choice, a lost launcher, an uncaught exception (run/runlock.py, checkpoint_files.py, run/orphans.py,
+# logs.py).
 RUNLOCK_TAKEN = Message("Took over the run lock of output_dir %s from launcher pid %s on host %s (started %s): that run "
                         "is no longer running", ("/out", 81200, "h", "2026-11-29 14:30:25"),
                         re.compile(rb"Took over the run lock of output_dir (.+) from launcher pid (\S+) on host (\S+)"))

@@ -1,9 +1,10 @@
-"""Logging setup: one timestamp per run, `train_<ts>.log` plus `debug_rank<N>_<ts>.log`, rank 0 owns the console.
+"""Logging setup: `train_<ts>.log` plus `debug_rank<N>_<ts>.log` per run, rank 0 owns the console.
 
 Handlers sit on the root logger so Lightning's, torch's and Python's warnings land in the same files;
 every other module only calls `logging.getLogger(__name__)`. A filter stamps `[Rank r/W]` (and
 `Worker w/K` inside DataLoader workers) on each record. After setup, whatever the process writes to
 stdout/stderr (Python prints, C++ banners such as gloo's, tracebacks) goes to the rank's debug log.
+The line format and the tags are logformat's; the files' paths are rundir.RunDir's.
 
 A rank that does not know the run's timestamp yet (torchrun, srun: rank 0 names the run over the
 process group) writes `startup_rank<N>_<ts>.log` from its first second, <ts> its own start time
@@ -18,44 +19,22 @@ import os
 import shutil
 import sys
 import threading
-import time
 from pathlib import Path
 
 from . import logformat as lf
+from .rundir import RunDir
 
 FORMAT = lf.LINE_FORMAT
 RUN_TS_ENV = "AE_TRAIN_RUN_TS"
 # INFO records of these loggers are per-rank detail: debug logs only, never the train log or console.
-DEBUG_ONLY = ("ae_train.data", "ae_train.callbacks.debug", "ae_train.callbacks.watchdog", "ae_train.procgroup",
-              "ae_train.startup", "stdout", "stderr")
+DEBUG_ONLY = ("ae_train.data", "ae_train.callbacks.debug", "ae_train.callbacks.watchdog", "ae_train.run.procgroup",
+              "ae_train.run.startup", "stdout", "stderr")
 CONSOLE = {"console": True}  # extra= for the few INFO records the console shows (rank 0's)
 NODE_CONSOLE = {"node_console": True}  # extra= for a line every node's console shows
 FILE_ONLY = {"file_only": True}  # extra= for an error the console already shows as `ae-train: error:`
 HEARTBEAT = {"heartbeat": True}  # extra= for a periodic line that reports no new progress
-STARTUP_PREFIX = "startup_rank"  # startup_rank<N>_<ts>.log: a rank's lines before the run has a timestamp
 
-_state: dict = {"tag": "Launcher", "rank": None, "worker": None, "installed": False, "console": None}
-
-
-def new_run_timestamp(logs_dir: Path) -> str:
-    """YYYYmmdd_HHMMSS, moved forward a second while a run with that stamp already has logs here
-    (start-up logs are the ranks' own, not a run's)."""
-    t = time.time()
-    while True:
-        ts = time.strftime("%Y%m%d_%H%M%S", time.localtime(t))
-        if not any(p for p in logs_dir.glob(f"*_{ts}.log") if not p.name.startswith(STARTUP_PREFIX)):
-            return ts
-        t += 1
-
-
-def startup_log(logs_dir: Path, rank: int) -> Path:
-    """`startup_rank<N>_<ts>.log`, <ts> now (a second later while that name is taken: a quick restart)."""
-    t = time.time()
-    while True:
-        path = logs_dir / f"{STARTUP_PREFIX}{rank}_{time.strftime('%Y%m%d_%H%M%S', time.localtime(t))}.log"
-        if not path.exists():
-            return path
-        t += 1
+_state: dict = {"tag": lf.LAUNCHER_TAG, "rank": None, "worker": None, "installed": False, "console": None}
 
 
 def logging_installed() -> bool:
@@ -76,7 +55,7 @@ def console():
 def set_worker(worker: int, num_workers: int) -> None:
     """Called at the top of a DataLoader worker's iteration: its records get `Worker w/K`."""
     _state["worker"] = (worker, num_workers)
-    _state["tag"] = f"{_state.get('rank_tag', 'Rank ?')} Worker {worker}/{num_workers}"
+    _state["tag"] = _state.get("rank_tag", "Rank ?") + lf.WORKER_PART % (worker, num_workers)
 
 
 class _StampFilter(logging.Filter):
@@ -252,8 +231,9 @@ def setup_startup_logging(logs_dir: Path, rank: int, world: int) -> Path:
     """A rank's own log before the run's timestamp is known: `startup_rank<N>_<ts>.log` (everything),
     the console (errors). setup_rank_logging later makes it the rank's debug log."""
     logs_dir.mkdir(parents=True, exist_ok=True)
-    path = startup_log(logs_dir, rank)
-    _state.update(rank=rank, worker=None, rank_tag=f"Rank {rank}/{world}", tag=f"Rank {rank}/{world}", startup=path)
+    path = RunDir.of_logs(logs_dir).new_startup_log(rank)
+    tag = lf.RANK_TAG % (rank, world)
+    _state.update(rank=rank, worker=None, rank_tag=tag, tag=tag, startup=path)
     startup_file = _SafeFileHandler(path, encoding="utf-8")
     startup_file.redirect_fds = True
     _install([_handler(startup_file, logging.DEBUG),
@@ -285,9 +265,11 @@ def setup_rank_logging(logs_dir: Path, ts: str, rank: int, world: int, debug: bo
     """Per-rank files and console; safe to call twice (handlers are replaced, not added). A start-up
     log this process wrote becomes the debug log's first lines."""
     logs_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"train": logs_dir / f"train_{ts}.log", "debug": logs_dir / f"debug_rank{rank}_{ts}.log"}
+    run = RunDir.of_logs(logs_dir)
+    paths = {"train": run.train_log(ts), "debug": run.debug_log(rank, ts)}
     _take_over_startup_log(paths["debug"])
-    _state.update(rank=rank, worker=None, rank_tag=f"Rank {rank}/{world}", tag=f"Rank {rank}/{world}")
+    tag = lf.RANK_TAG % (rank, world)
+    _state.update(rank=rank, worker=None, rank_tag=tag, tag=tag)
     level = logging.DEBUG if debug else logging.INFO
     debug_file = _SafeFileHandler(paths["debug"], encoding="utf-8")
     debug_file.redirect_fds = True
@@ -312,16 +294,16 @@ def _redirect_output(file_handler: logging.FileHandler) -> None:
         os.dup2(file_handler.stream.fileno(), fd)
     sys.stdout = _StreamToLogger(logging.getLogger("stdout"), logging.INFO, 1)
     sys.stderr = _StreamToLogger(logging.getLogger("stderr"), logging.INFO, 2)
-    sys.excepthook = _log_uncaught
-    threading.excepthook = lambda a: _log_uncaught(a.exc_type, a.exc_value, a.exc_traceback, a.thread.name)
+    sys.excepthook = log_uncaught
+    threading.excepthook = lambda a: log_uncaught(a.exc_type, a.exc_value, a.exc_traceback, a.thread.name)
 
 
 def setup_launcher_logging(logs_dir: Path, ts: str, train_log: bool = True, hold_console: bool = False) -> Path:
     """The launcher writes its own lines (checks, rank exits, signals) to the train log and the console.
     Launchers of nodes other than 0 keep to their console: the run's timestamp is node 0's."""
     logs_dir.mkdir(parents=True, exist_ok=True)
-    path = logs_dir / f"train_{ts}.log"
-    _state.update(rank=None, worker=None, tag="Launcher", rank_tag="Launcher")
+    path = RunDir.of_logs(logs_dir).train_log(ts)
+    _state.update(rank=None, worker=None, tag=lf.LAUNCHER_TAG, rank_tag=lf.LAUNCHER_TAG)
     console = _ConsoleHandler(sys.stdout)
     console.held = [] if hold_console else None
     handlers = [_handler(console, logging.INFO, _ConsoleFilter())]
@@ -331,7 +313,7 @@ def setup_launcher_logging(logs_dir: Path, ts: str, train_log: bool = True, hold
     return path
 
 
-def _log_uncaught(exc_type, exc, tb, thread: str | None = None) -> None:
+def log_uncaught(exc_type, exc, tb, thread: str | None = None) -> None:
     if issubclass(exc_type, KeyboardInterrupt):
         logging.getLogger("ae_train").error(lf.INTERRUPTED.template)
         return

@@ -10,25 +10,25 @@
       reconstructions/epoch_<NNN>.png                     validation inputs and their reconstructions (rank 0)
       config.yaml, config_<ts>.yaml                       the resolved config: latest run, each run
       shard_counts.json                                   sample counts read from shards, reused next run
-      .ae_train.lock                                      one run per output_dir (runlock.py)
+      .ae_train.lock                                      one run per output_dir (run/runlock.py)
 
-The launcher and a rank started without it (torchrun, srun) go through the same steps: `prepare()`
-(logs/ exists and is writable) and `write_config()`. Standard library only at import: `collect`
-reads a run directory on a login node.
+Every path is built here (the log files' names from logformat's templates, which diagnose reads them
+with), and a run's timestamp is chosen here. The launcher and a rank started without it (torchrun,
+srun) go through the same steps: `prepare()` (logs/ exists and is writable) and `write_config()`.
+Standard library only: `collect` and `diagnose` read a run directory on a login node.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import logformat as lf
-
-if TYPE_CHECKING:
-    from .config import Config
+from .atomic import atomic_write
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 CONFIG_MARK = "# written by ae-train: the resolved config of the latest run\n"  # config.yaml is ours to update
@@ -41,34 +41,56 @@ LAST_CKPT = "last.ckpt"  # the newest state: LastCheckpoint (epoch ends, every N
 class RunDir:
     root: Path
     given: str = field(default="", compare=False)  # output_dir as the user wrote it, for messages
+    logs_dir: Path | None = field(default=None, compare=False)  # of_logs: the logs directory as given
 
     @classmethod
-    def of(cls, cfg: Config) -> RunDir:
+    def of(cls, cfg) -> RunDir:
+        """The run directory of a config (config.Config: its output_dir)."""
         return cls(Path(cfg.output_dir), cfg.output_dir)
 
     @classmethod
     def of_logs(cls, logs_dir: str | Path) -> RunDir:
-        """The run directory whose logs/ is `logs_dir` (diagnose and collect are given the logs)."""
-        return cls(Path(logs_dir).parent)
+        """The run directory whose logs/ is `logs_dir` (diagnose and collect are given the logs; the
+        logging setup is given the directory to write them in, whatever its name)."""
+        return cls(Path(logs_dir).parent, logs_dir=Path(logs_dir))
 
     # ---- logs ----
     @property
     def logs(self) -> Path:
-        return self.root / "logs"
+        return self.logs_dir or self.root / "logs"
 
     def train_log(self, ts: str) -> Path:
-        return self.logs / f"train_{ts}.log"
+        return self.logs / (lf.TRAIN_LOG % ts)
 
     def debug_log(self, rank: int, ts: str) -> Path:
-        return self.logs / f"debug_rank{rank}_{ts}.log"
+        return self.logs / (lf.DEBUG_LOG % (rank, ts))
 
     def ledger(self, rank: int, ts: str) -> Path:
         """Rank `rank`'s sample ledger of run `ts` (log.sample_ledger)."""
-        return self.logs / f"samples_rank{rank}_{ts}.tsv"
+        return self.logs / (lf.LEDGER % (rank, ts))
 
     def debug_logs(self, ts: str) -> Path:
         """Every rank's debug log of run `ts`, as the glob the console shows."""
-        return self.logs / f"debug_rank*_{ts}.log"
+        return self.logs / (lf.DEBUG_LOG % ("*", ts))
+
+    def new_timestamp(self) -> str:
+        """A new run's <ts>: now, moved forward a second while a run with that stamp already has logs
+        here (start-up logs are the ranks' own, not a run's)."""
+        t = time.time()
+        while True:
+            ts = time.strftime(lf.TS_FORMAT, time.localtime(t))
+            if not any(p for p in self.logs.glob(f"*_{ts}.log") if not lf.STARTUP_FILE.fullmatch(p.name)):
+                return ts
+            t += 1
+
+    def new_startup_log(self, rank: int) -> Path:
+        """`startup_rank<N>_<ts>.log`, <ts> now (a second later while that name is taken: a quick restart)."""
+        t = time.time()
+        while True:
+            path = self.logs / (lf.STARTUP_LOG % (rank, time.strftime(lf.TS_FORMAT, time.localtime(t))))
+            if not path.exists():
+                return path
+            t += 1
 
     def launch_counts(self, ts: str) -> Path:
         """The launcher's data facts (counts, first samples) for its ranks; removed when the run ends."""
@@ -129,8 +151,6 @@ class RunDir:
     # ---- start-up steps (launcher, and a rank that no launcher started) ----
     def prepare(self) -> Path:
         """Create logs/ and prove it writable; ConfigError (one line) when it is not. Returns logs/."""
-        from .config import ConfigError
-
         try:
             self.logs.mkdir(parents=True, exist_ok=True)
             probe = self.logs / f".write_test_{os.getpid()}"
@@ -140,11 +160,9 @@ class RunDir:
             raise ConfigError(f"output_dir {self.given or self.root} is not writable: {e.strerror or e}") from None
         return self.logs
 
-    def write_config(self, cfg: Config, ts: str) -> None:
-        """config_<ts>.yaml, and config.yaml unless the user's own file is there."""
-        from .config import to_yaml
-
-        text = CONFIG_MARK + to_yaml(cfg)
+    def write_config(self, resolved_yaml: str, ts: str) -> None:
+        """config_<ts>.yaml, and config.yaml unless the user's own file is there (`resolved_yaml`: config.to_yaml)."""
+        text = CONFIG_MARK + resolved_yaml
         self.run_config(ts).write_text(text)
         latest = self.config
         if not latest.exists() or latest.read_text().startswith(CONFIG_MARK):
@@ -161,6 +179,5 @@ class RunDir:
 
     def save_counts(self, known: dict) -> None:
         """Replace the counts cache atomically (a second launcher never reads half a file)."""
-        tmp = self.counts_cache.with_name(f"{self.counts_cache.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, self.counts_cache)
+        with atomic_write(self.counts_cache) as f:
+            f.write(json.dumps(known, indent=1).encode())

@@ -1,4 +1,5 @@
-"""Python stack dumps of every thread, written into the rank's debug log as one block.
+"""Python stack dumps of every thread, written into the rank's debug log as one block; and what /proc
+says of this process (its children, its resident memory).
 
 Used by the hang watchdog and by `kill -USR1 <pid>` on a rank or a DataLoader worker. The block
 starts with `Stack dump of <who> (pid P), reason: R` and lists each thread in faulthandler's layout,
@@ -16,6 +17,7 @@ import traceback
 from . import logformat as lf
 
 log = logging.getLogger("ae_train.callbacks.watchdog")  # debug log only (see logs.DEBUG_ONLY)
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def format_stacks(who: str, reason: str) -> str:
@@ -60,3 +62,12 @@ def child_pids() -> list[int]:
     except OSError:
         pass
     return pids
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB, from /proc (nan where there is none)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE / 2**20
+    except OSError:
+        return float("nan")

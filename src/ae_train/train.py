@@ -16,7 +16,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from . import checkpoint_files, lightning_args, logs, procgroup
+from . import checkpoint_files, lightning_args, logs
 from . import logformat as lf
 from .callbacks.checkpoint import LoggedModelCheckpoint
 from .callbacks.debug import DebugCallback
@@ -30,15 +30,17 @@ from .callbacks.shard_errors import ShardErrorLimit, TooManyShardErrors
 from .callbacks.summary import EpochSummary
 from .callbacks.watchdog import HangWatchdog
 from .checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
-from .config import Config, ConfigError, resume_path, to_yaml
+from .config import Config, to_yaml
 from .data import splits
 from .data.datamodule import ShardDataModule
 from .data.shards import COUNTS_ENV, DataError
 from .data.splits import DataFacts
-from .devices import resolve_devices
+from .errors import ConfigError
 from .exitcodes import ExitCode
 from .model import AutoEncoder
-from .orphans import LAUNCHER_ENV, ParentWatch, launcher_pid
+from .run import procgroup
+from .run.devices import resolve_devices
+from .run.orphans import LAUNCHER_ENV, ParentWatch, launcher_pid
 from .rundir import METRICS, TENSORBOARD, RunDir
 
 log = logging.getLogger(__name__)
@@ -79,10 +81,10 @@ def agree_on_run_timestamp(cfg: Config, env, rank: int, world: int, local_rank: 
     this attempt only (a torchrun restart reads nothing of the dead attempt) and says HANG SUSPECTED,
     naming the stage and the ranks not connected, when set-up blocks for log.hang_timeout_s.
     """
-    logs_dir = RunDir.of(cfg).logs
+    run = RunDir.of(cfg)
     mine = os.environ.get(logs.RUN_TS_ENV) if rank == 0 else None
     if world == 1:
-        return mine or logs.new_run_timestamp(logs_dir)
+        return mine or run.new_timestamp()
     import torch.distributed as dist
 
     gpu = cfg.trainer.accelerator in ("gpu", "cuda")
@@ -93,8 +95,8 @@ def agree_on_run_timestamp(cfg: Config, env, rank: int, world: int, local_rank: 
                            timedelta(seconds=cfg.trainer.ddp_timeout_s), cfg.log.hang_timeout_s)
     try:
         if rank == 0 and not mine:
-            logs_dir.mkdir(parents=True, exist_ok=True)
-            mine = logs.new_run_timestamp(logs_dir)
+            run.logs.mkdir(parents=True, exist_ok=True)
+            mine = run.new_timestamp()
         box = [mine]
         dist.broadcast_object_list(box, src=0)
     finally:
@@ -160,10 +162,11 @@ def _announce(cfg: Config, run: RunDir, ts: str, rank: int, world: int, local_ra
     log.info(lf.HEADER.template, rank, world, socket.gethostname(), os.getpid(), local_rank,
              node_rank, device, ts, platform.python_version(), torch.__version__, pl.__version__)
     if rank == 0 and LAUNCHER_ENV not in os.environ:  # torchrun or srun: no launcher did this
-        log.info(lf.CONFIG.template, to_yaml(cfg).rstrip())
+        resolved = to_yaml(cfg)
+        log.info(lf.CONFIG.template, resolved.rstrip())
         log.info(lf.LOGS_AT.template, run.train_log(ts), run.debug_logs(ts), extra=logs.CONSOLE)
         log.info(lf.MONITOR.template, run.train_log(ts), extra=logs.CONSOLE)
-        run.write_config(cfg, ts)
+        run.write_config(resolved, ts)
     elif node_rank > 0 and local_rank == 0:  # other nodes' consoles: only errors, and where the logs are
         log.info(lf.NODE_WRITES.template, node_rank, socket.gethostname(), rank,
                  rank + int(cfg.trainer.devices) - 1, run.debug_logs(ts), extra=logs.NODE_CONSOLE)
@@ -237,7 +240,7 @@ def main(cfg: Config) -> int:
     try:
         # Our launcher verified the checkpoint and passes it as --resume=<path>; under torchrun/srun
         # every rank checks it and rank 0 reports a fallback.
-        ckpt_path = resume_path(cfg, verify=LAUNCHER_ENV not in os.environ, warn=rank == 0)
+        ckpt_path = checkpoint_files.resume_path(cfg, verify_given=LAUNCHER_ENV not in os.environ, warn=rank == 0)
         progress = checkpoint_files.read_progress(ckpt_path) if ckpt_path else None
         said = progress and checkpoint_files.nothing_to_train(progress, cfg.trainer.max_epochs,
                                                               cfg.trainer.extra.get("max_steps", -1))

@@ -11,7 +11,6 @@ and an integer test; the loss (and on a GPU the last event) is waited for only o
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -22,18 +21,11 @@ from typing_extensions import override
 
 from .. import logformat as lf
 from ..batch import samples_of
+from ..stacks import rss_mb
 from .step_split import BACKWARD, DATA, FORWARD, OPTIMIZER, OTHER, StepSplit, format_split
+from .step_start import StepStart
 
 log = logging.getLogger(__name__)
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE / 2**20
-    except OSError:
-        return float("nan")
 
 
 class DebugCallback(Callback):
@@ -45,8 +37,7 @@ class DebugCallback(Callback):
         self._t_epoch = self._t_val = self._t_ready = 0.0
         self.split = StepSplit(torch.cuda.is_available())  # replaced in setup() by the trainer's device
         self._hooks: list = []  # torch optimizer hook handles
-        self._loop = None       # the training epoch loop whose step-start sync we time
-        self._untimed = None    # that loop's own step-start check (an instance attribute), put back at the end
+        self._step_start: StepStart | None = None  # the DDP step-start collective we time (step_start.py)
         self._t_window = 0.0
         self._window_batches = 0
         self._val_batches = 0
@@ -60,36 +51,30 @@ class DebugCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The end of the optimizer step: a torch hook, since no Lightning hook runs right after it.
         self._hooks = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
-        # In DDP every step starts with a collective (the SIGTERM check, PreemptionCallback or Lightning), before
-        # the batch is fetched: a rank slow after its backward (optimizer, callbacks) is waited for there.
-        # That wait is time spent waiting for the other ranks, as in the gradient all-reduce, so it counts
-        # as backward, not as data wait. Without that method (another Lightning) the split stays as it is.
-        loop = trainer.fit_loop.epoch_loop
-        check = getattr(loop, "_broadcast_sigterm_tensor", None)  # PreemptionCallback's, or Lightning's own
-        if callable(check) and not getattr(check, "timed_by_debug", False):
-            def step_start_sync() -> None:
-                if self._train_open:
-                    self.split.mark(OTHER)  # the loop's work since the last batch end
-                try:
-                    check()
-                finally:
-                    if self._train_open:
-                        self.split.mark(BACKWARD)
-            step_start_sync.timed_by_debug = True
-            self._untimed = vars(loop).get("_broadcast_sigterm_tensor")
-            loop._broadcast_sigterm_tensor = step_start_sync
-            self._loop = loop
+        # In DDP every step starts with a collective (step_start.py: the SIGTERM check), before the batch
+        # is fetched: a rank slow after its backward (optimizer, callbacks) is waited for there. That
+        # wait is time spent waiting for the other ranks, as in the gradient all-reduce, so it counts
+        # as backward, not as data wait. Without the hook (another Lightning) the split stays as it is.
+        self._step_start = StepStart.of(trainer) if trainer.world_size > 1 else None
+        if self._step_start is not None:
+            self._step_start.before, self._step_start.after = self._sync_starts, self._sync_ends
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for h in self._hooks:
             h.remove()
-        if self._loop is not None:  # the check as it was before on_train_start
-            if self._untimed is None:
-                vars(self._loop).pop("_broadcast_sigterm_tensor", None)
-            else:
-                self._loop._broadcast_sigterm_tensor = self._untimed
-        self._hooks, self._loop = [], None
+        if self._step_start is not None:
+            self._step_start.before = self._step_start.after = None
+            self._step_start.release()
+        self._hooks, self._step_start = [], None
+
+    def _sync_starts(self) -> None:
+        if self._train_open:
+            self.split.mark(OTHER)  # the loop's work since the last batch end
+
+    def _sync_ends(self) -> None:
+        if self._train_open:
+            self.split.mark(BACKWARD)
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._train_open:
@@ -141,7 +126,7 @@ class DebugCallback(Callback):
         cuda = torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
         log.debug(lf.TRAINING_STEP.template, batch_idx, loss_value, batch_idx + 1, trainer.current_epoch,
                   trainer.global_step, self._window_batches * len(samples_of(batch)) / elapsed, format_split(self.split.fold()), self.split.clock,
-                  _rss_mb(), cuda)
+                  rss_mb(), cuda)
         self._t_window, self._window_batches = self._t_ready, 0
 
     def _end_training(self, trainer: pl.Trainer, batches: int | None = None) -> None:

@@ -6,9 +6,9 @@ ranks it does not set Lightning's `received_sigterm` either: Lightning also read
 rank alone (at the end of a step, of an epoch, in validation), and a rank whose signal came a moment
 before the others' would stop there alone while the others wait for it in the next collective (a
 scheduler's SIGTERMs reach the ranks at slightly different times). Instead, Lightning's check at the
-start of each training step becomes an all-reduce of every rank's note (Lightning broadcasts rank
-0's flag only, so a signal to any other rank alone went unheard): when any rank was signalled, every
-rank sets the flag and raises SIGTERMException at that same step; `on_exception` then saves
+start of each training step becomes an all-reduce of every rank's note (through step_start.py;
+Lightning broadcasts rank 0's flag only, so a signal to any other rank alone went unheard): when any
+rank was signalled, every rank sets the flag and raises SIGTERMException at that same step; `on_exception` then saves
 `last.ckpt` (a collective, which every rank reaches at the same point) and the rank exits with
 128 + signal number.
 """
@@ -30,6 +30,7 @@ from ..checkpoint_io import save_failure
 from ..exitcodes import stopped_by
 from ..logs import CONSOLE
 from ..rundir import LAST_CKPT
+from .step_start import StepStart
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +40,21 @@ class PreemptionCallback(Callback):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.signal: signal.Signals | None = None
         self._saved = False
+        self._step_start: StepStart | None = None  # the DDP step-start collective, ours to run (step_start.py)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Before any callback's on_train_start: DebugCallback times whatever this check is.
-        loop = trainer.fit_loop.epoch_loop
-        if stage == "fit" and trainer.world_size > 1 and callable(getattr(loop, "_broadcast_sigterm_tensor", None)):
-            loop._broadcast_sigterm_tensor = lambda: self._stop_together(trainer)
+        if stage == "fit" and trainer.world_size > 1:
+            self._step_start = StepStart.of(trainer)
+            if self._step_start is not None:
+                self._step_start.check = lambda: self._stop_together(trainer)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        vars(trainer.fit_loop.epoch_loop).pop("_broadcast_sigterm_tensor", None)
+        if self._step_start is not None:
+            self._step_start.check = None
+            self._step_start.release()
+            self._step_start = None
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -24,6 +24,7 @@ from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
 from .. import logformat as lf
+from ..atomic import atomic_write
 
 log = logging.getLogger(__name__)
 MIN_TILE = 64  # images smaller than this are enlarged (nearest) to be seen
@@ -91,9 +92,8 @@ class Reconstructions(Callback):
             path = self.directory / f"epoch_{epoch:03d}_step_{step:07d}.png"
         if path.exists():
             path = self.directory / f"epoch_{epoch:03d}_step_{step:07d}_{os.getpid()}.png"
-        tmp = path.with_name(f".{path.name}.tmp")
-        picture.save(tmp, format="PNG", compress_level=1)
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            picture.save(f, format="PNG", compress_level=1)
         return path
 
     def _to_tensorboard(self, trainer: pl.Trainer, picture) -> None:

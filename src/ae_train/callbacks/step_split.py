@@ -5,8 +5,8 @@ the data wait), the loss is computed (on_before_backward ends forward), gradient
 (on_after_backward ends backward, which in DDP includes the gradient all-reduce and so the wait for
 slower ranks), the optimizer step returned (a torch step post-hook ends optimizer), the batch hooks
 are done (on_train_batch_end ends other: LR scheduler, logging, callbacks). The parts add up to the
-wall time between two batch ends. DebugCallback also times Lightning's per-step broadcast at the start
-of each DDP step (before the batch is fetched) as backward: that too is waiting for the other ranks.
+wall time between two batch ends. DebugCallback also times the collective at the start of each DDP
+step (step_start.py, before the batch is fetched) as backward: that too is waiting for the other ranks.
 
 On the CPU each cut is one `perf_counter()` (a vDSO clock read, no syscall) added into a float. On
 a GPU the host only queues the kernels, so each cut records a CUDA event on the current stream

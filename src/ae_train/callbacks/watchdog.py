@@ -28,7 +28,6 @@ from typing_extensions import override
 
 from .. import logformat as lf
 from .. import stacks
-from .debug import _rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -144,4 +143,4 @@ class HangWatchdog(Callback):
         times = os.times()
         cuda = (f"{torch.cuda.memory_allocated() / 2**20:.0f} MB allocated, "
                 f"{torch.cuda.memory_reserved() / 2**20:.0f} MB reserved") if torch.cuda.is_initialized() else "n/a"
-        log.info(lf.RESOURCES.template, _rss_mb(), times.user, times.system, cuda, workers or "none")
+        log.info(lf.RESOURCES.template, stacks.rss_mb(), times.user, times.system, cuda, workers or "none")

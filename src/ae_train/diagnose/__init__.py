@@ -1,11 +1,12 @@
 """`ae-train diagnose <logs_dir>`: read a run's logs and say which rank is stuck where, or what failed first, and why.
 
 Standard library only and log files only: it has to start at once on a login node beside a hung job,
-where importing torch takes longer than the diagnosis. Imports run one way:
-failures (what a failure line says) <- parse (log files -> per-rank records) <- runfiles (which files
-make the run, the pass over them); parse <- speed (straggler rules) and rootcause (the first failure
-and what followed) <- rules (records -> findings) <- report (JSON and text) <- this module
-(diagnose_run, the CLI); plot (matplotlib, optional) draws the JSON report.
+where importing torch takes longer than the diagnosis. Imports run one way: records (the typed
+records) <- failures (what a failure line says) <- parse (log files -> per-rank records) <- runfiles
+(which files make the run, the pass over them); parse <- speed (straggler rules) <- rows (a rank's row
+of the table); parse <- rootcause (the first failure and what followed); speed, rows, rootcause <- rules
+(records -> findings) <- report (JSON and text) <- this module (diagnose_run, the CLI); plot
+(matplotlib, optional) draws the JSON report.
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def _dt(s: str | None) -> datetime | None:
     return datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f") if s else None
 
 
-def _time_labels(times: list[datetime]) -> list[str]:
+def time_labels(times: list[datetime]) -> list[str]:
     """Labels for tick times, as coarse as keeps them all different; the date too when it changes."""
     day = "%m-%d " if len({t.date() for t in times}) > 1 else ""
     for i, fmt in enumerate(TIME_FORMATS):
@@ -66,10 +66,10 @@ def draw(report: dict):
 
     class UniqueTimes(mticker.Formatter):
         def format_ticks(self, values):
-            return _time_labels([mdates.num2date(v).replace(tzinfo=None) for v in values])
+            return time_labels([mdates.num2date(v).replace(tzinfo=None) for v in values])
 
         def __call__(self, x, pos=None):
-            return _time_labels([mdates.num2date(x).replace(tzinfo=None)])[0]
+            return time_labels([mdates.num2date(x).replace(tzinfo=None)])[0]
 
     ranks = report["ranks"]
     end = _dt(report["newest_time"]) or _dt(report["now"])

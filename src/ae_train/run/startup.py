@@ -5,8 +5,9 @@ that never comes, a restarted torchrun attempt): a rank must not be silent meanw
 launcher started on one node (and rank 0 of any launch of ours) knows the run's timestamp from the
 start and writes its debug log at once. Any other rank (torchrun, srun, ranks of nodes > 0) learns it
 from rank 0 over the process group, so until then it writes `startup_rank<N>_<ts>.log`, <ts> its own
-start time, which becomes its debug log once the ranks agree (logs.setup_rank_logging). Standard
-library only: the whole point is to come before the heavy imports.
+start time, which becomes its debug log once the ranks agree (logs.setup_rank_logging). No torch or
+Lightning here (the config is loaded already, the logging setup is light): the whole point is to come
+before the heavy imports.
 """
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import logging
 import os
 import socket
 
-from . import logformat as lf
-from . import logs
-from .config import Config
+from .. import logformat as lf
+from .. import logs
+from ..config import Config
+from ..rundir import RunDir
 from .orphans import LAUNCHER_ENV
-from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 

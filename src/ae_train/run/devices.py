@@ -5,7 +5,8 @@ started by torchrun or srun, where no launcher ran, resolves them itself.
 """
 from __future__ import annotations
 
-from .config import Config, ConfigError
+from ..config import Config
+from ..errors import ConfigError
 
 
 def resolve_devices(cfg: Config) -> None:

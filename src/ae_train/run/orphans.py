@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 
-from . import logformat as lf
+from .. import logformat as lf
 
 log = logging.getLogger(__name__)
 LAUNCHER_ENV = "AE_TRAIN_LAUNCHER"  # the launcher's pid, for the ranks it starts; absent under torchrun/srun

@@ -12,9 +12,9 @@ import logging
 import threading
 import time
 
-from . import logformat as lf
-from . import logs, stacks
-from .data.shards import reads_in_flight
+from .. import logformat as lf
+from .. import logs, stacks
+from ..data.shards import reads_in_flight
 
 log = logging.getLogger(__name__)
 CONSOLE_AFTER_S = 10.0  # checks found bad within this keep the console to one `ae-train: error:` line

@@ -17,9 +17,9 @@ import socket
 import time
 from pathlib import Path
 
-from . import logformat as lf
-from .config import ConfigError
-from .rundir import RunDir
+from .. import logformat as lf
+from ..errors import ConfigError
+from ..rundir import RunDir
 
 log = logging.getLogger(__name__)
 _held: set[int] = set()  # descriptors of locks this process holds

@@ -19,17 +19,19 @@ import sys
 import time
 from pathlib import Path
 
-from . import checkpoint_files, lightning_args, logs, runlock
-from . import logformat as lf
-from .config import Config, ConfigError, resume_path, to_yaml
-from .data import splits
-from .data.resume import OrderState, mismatch, shards_digest
-from .data.shards import COUNTS_ENV, DataError, list_shards
+from .. import checkpoint_files, lightning_args, logs
+from .. import logformat as lf
+from ..config import Config, to_yaml
+from ..data import splits
+from ..data.resume import OrderState, mismatch, shards_digest
+from ..data.shards import COUNTS_ENV, DataError, list_shards
+from ..errors import ConfigError
+from ..exitcodes import PREEMPTED, STOPPED_ON_PURPOSE, ExitCode, stopped_by
+from ..rundir import RunDir
+from . import runlock
 from .devices import resolve_devices
-from .exitcodes import PREEMPTED, STOPPED_ON_PURPOSE, ExitCode, stopped_by
 from .launchwatch import LauncherWatchdog
 from .orphans import LAUNCHER_ENV
-from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def _cheap_checks(cfg: Config, run: RunDir) -> tuple[dict[str, list[str]], int |
     run.prepare()
     # One run per output_dir: node 0's launcher holds the lock (other nodes join node 0's run).
     lock = runlock.acquire(cfg.output_dir) if node_rank == 0 else None
-    ckpt = resume_path(cfg)  # before any rank: a missing, broken or about-to-be-overwritten checkpoint
+    ckpt = checkpoint_files.resume_path(cfg)  # before any rank: a missing, broken or about-to-be-overwritten checkpoint
     return listed, lock, ckpt
 
 
@@ -97,7 +99,7 @@ def _open_train_log(run: RunDir, held: _Held) -> str:
     console shows the checks once they take a while, and a check that fails is still one
     `ae-train: error:` line."""
     node_rank = _node_rank()
-    ts = logs.new_run_timestamp(run.logs)
+    ts = run.new_timestamp()
     train_log = logs.setup_launcher_logging(run.logs, ts, train_log=node_rank == 0, hold_console=True)
     if node_rank == 0:
         log.info(lf.LOGS_AT.template, train_log, run.debug_logs(ts), extra=logs.CONSOLE)
@@ -210,8 +212,9 @@ def _announce_start(cfg: Config, run: RunDir, ts: str) -> None:
     devices, nodes, node_rank = int(cfg.trainer.devices), cfg.trainer.num_nodes, _node_rank()
     if node_rank == 0:
         log.info(lf.STARTING.template, devices * nodes, nodes, cfg.trainer.accelerator, ts, extra=logs.CONSOLE)
-        log.info(lf.CONFIG.template, to_yaml(cfg).rstrip())
-        run.write_config(cfg, ts)
+        resolved = to_yaml(cfg)
+        log.info(lf.CONFIG.template, resolved.rstrip())
+        run.write_config(resolved, ts)
     else:
         log.info(lf.NODE_STARTING.template, node_rank, node_rank * devices, node_rank * devices + devices - 1,
                  os.environ["MASTER_ADDR"], extra=logs.CONSOLE)

@@ -28,8 +28,8 @@ import threading
 import time
 from datetime import timedelta
 
-from . import logformat as lf
-from . import stacks
+from .. import logformat as lf
+from .. import stacks
 
 log = logging.getLogger(__name__)
 STORE_KEY = "ae_train/store"  # in torchrun's agent store: "<addr> <port> <nonce> <restart>" of this attempt's store
