@@ -50,7 +50,7 @@ from ae_train import logs  # noqa: E402
 from ae_train.data.datamodule import EpochDataLoader  # noqa: E402
 from ae_train.data.reader import ShardBatches  # noqa: E402
 from ae_train.data.ring import SlotRing  # noqa: E402
-from ae_train.data.tario import count_file  # noqa: E402
+from ae_train.data.shards import count_shard  # noqa: E402
 
 
 logs.set_tag("bench")  # its DataLoader workers stamp their log records "bench Worker w/K"
@@ -68,7 +68,7 @@ def cpu_name() -> str:
 
 def make_shards(directory: Path, shards: int, per_shard: int, dim: int) -> list[str]:
     urls = [str(directory / f"bench-{i:06d}.tar") for i in range(shards)]
-    if all(os.path.exists(u) and count_file(u)["exts"].get("x.npy") == per_shard for u in urls):
+    if all(os.path.exists(u) and count_shard(u)["exts"].get("x.npy") == per_shard for u in urls):
         return urls
     rng = np.random.default_rng(0)
     with wds.ShardWriter(str(directory / "bench-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
@@ -199,7 +199,7 @@ def main() -> int:
     directory.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     urls = make_shards(directory, a.shards, a.per_shard, a.dim)
-    counts = [count_file(u)["exts"]["x.npy"] for u in urls]
+    counts = [count_shard(u)["exts"]["x.npy"] for u in urls]
     total, size = sum(counts), sum(os.path.getsize(u) for u in urls)
     print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}), python "
           f"{platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "

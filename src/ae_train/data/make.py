@@ -21,7 +21,6 @@ import numpy as np
 import webdataset as wds
 
 from .shards import count_shard, write_index
-from .tario import count_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -50,7 +49,7 @@ def write_shards(out_dir: str, prefix: str, data: np.ndarray, sizes: list[int], 
                 sink.write({"__key__": f"{prefix}{i:06d}_{j:09d}", sample_key: data[j]})
         paths.append(path)
         start += n
-    write_index({p: count_file(p) for p in paths})
+    write_index({p: count_shard(p) for p in paths})
     return paths
 
 

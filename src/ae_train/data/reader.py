@@ -33,16 +33,16 @@ from .. import logformat as lf
 from .. import logs
 from ..batch import KeyedBatch
 from .decode import SampleSpec, decode_into
-from .npyrows import npy_rows, uniform_npy_rows
+from .npyrows import gather_npy
 from .order import piece_order, worker_rng
 from .plan import EpochPlan, Piece
 from .resume import OrderState, Planner, Segment, shards_digest
 from .screen import bad_rows, finite, replace
 from .shards import reason
+from .source import read_shard_ahead
 from .stream import open_samples
-from .tario import ShardError, npy_layout, read_shard_ahead
+from .tario import ShardError
 from .tarscan import sample_table
-from .urls import local_path
 
 log = logging.getLogger(__name__)
 DEFAULT_BUFFER_BYTES = 256 << 20
@@ -493,7 +493,7 @@ class ShardBatches(IterableDataset):
         log.debug(lf.OPENING.template, url, piece.start, piece.stop, self.counts[piece.shard])
         times = self.stage_times
         # Reads the next shard meanwhile.
-        buf = read_shard_ahead(local_path(url), local_path(ahead) if ahead else None, times)
+        buf = read_shard_ahead(url, ahead, times)
         t = time.perf_counter() if times is not None else 0.0
         members = sample_table(buf, self.sample_key)
         if len(members) < piece.stop:
@@ -504,36 +504,6 @@ class ShardBatches(IterableDataset):
         if times is not None:
             times.add("decode", time.perf_counter() - t)
         return rows, chosen
-
-
-def gather_npy(buf: bytes, members, keys, input_dim: int) -> np.ndarray:
-    """The .npy payloads of `members` (Members or a MemberTable) as a float32 (n, input_dim) array,
-    each header validated. When every header is the same and float32, the result is a read-only
-    strided view of `buf` (no copy: the batches gather their rows from it); other dtypes are
-    converted once. Mixed headers take the per-member path."""
-    n = len(members)
-    if n == 0:
-        return np.empty((0, input_dim), np.float32)
-    fast = uniform_npy_rows(buf, members, input_dim)
-    if fast is not None:
-        return fast
-    layouts = [npy_layout(buf, m) for m in members]
-    dtype, shape, _ = layouts[0]
-    for key, (dt, shp, _) in zip(keys, layouts):
-        size = int(np.prod(shp, dtype=np.int64))
-        if size != input_dim:
-            raise ShardError(f"sample {key}: array of shape {shp} has {size} values, model.input_dim is {input_dim}")
-        if dt.kind not in "fiub":
-            raise ShardError(f"sample {key}: dtype {dt} is not numeric")
-        if dt != dtype:
-            dtype = None  # mixed dtypes: one row at a time below
-    if dtype is not None:
-        offsets = np.fromiter((at for _, _, at in layouts), np.int64, n)
-        return npy_rows(buf, offsets, dtype, input_dim)
-    out = np.empty((n, input_dim), np.float32)
-    for i, (dt, _, at) in enumerate(layouts):
-        out[i] = np.frombuffer(buf, dt, input_dim, at)
-    return out
 
 
 def keys_at(url: str, sample_key: str, indices: list[int]) -> list[str]:
