@@ -23,16 +23,14 @@ import logging
 import multiprocessing
 import os
 import time
-import warnings
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .. import logformat as lf
 from .. import logs
-from ..batch import KeyedBatch
 from .decode import SampleSpec, decode_into
+from .handover import DataLoaderHandOver, HandOver, serves
 from .npyrows import gather_npy
 from .order import piece_order, worker_rng
 from .plan import EpochPlan, Piece
@@ -163,9 +161,8 @@ class ShardBatches(IterableDataset):
         self._screen = screen and self.spec.dtype == "float32"  # NaN/inf samples left out; uint8 images hold none
         self.plan_errors = 0  # shards found broken when counted (set by the DataModule)
         self.skip_batches = 0  # batches of this epoch's last segment already trained (a mid-epoch resume)
-        # Set by EpochDataLoader before the workers fork: workers fill its slots and yield Slots (ring.py).
-        self.ring = None
-        self._writer = None
+        # How batches reach the rank (handover.py); EpochDataLoader sets its own before the workers fork.
+        self.handover: HandOver = DataLoaderHandOver((batch_size, *self.spec.shape), self.spec.dtype)
         self._announced = False
 
     def order_state(self) -> OrderState:
@@ -231,56 +228,32 @@ class ShardBatches(IterableDataset):
         if info is not None:
             logs.set_worker(worker, num)
             log.info(lf.WORKER_STARTED.template, os.getpid())
-        if self.ring is not None and info is not None:
-            # Every epoch in this first fetch: this worker serves each round the rank starts, its batches
-            # going into ring slots. After a resume the ring reads worker skip % K first, so worker w
-            # keeps its own plan.
-            for epoch, skip_batches in self.ring.rounds(worker):
-                self._plan_for(epoch)
-                skip = len(range(worker, skip_batches, num))
-                self._log_skip(skip)
-                self._writer = self.ring.writer(worker)
-                self._writer.feed(self._kept(self._timed(self._worker_batches(worker)), skip))
-            return
-        # The DataLoader takes batch i of an iterator from worker i % K, and epoch batch j came from plan
-        # worker j % K. A resumed iterator starts at epoch batch `skip_batches`, so its worker w serves
-        # plan worker (w + skip_batches) % K, minus that plan's batches already trained: the epoch goes
-        # on in the same data order whatever the skip count.
-        plan_worker = (worker + self.skip_batches) % num
-        skip = len(range(plan_worker, self.skip_batches, num))
-        self._log_skip(skip)
-        for i, (batch, keys) in enumerate(self._timed(self._worker_batches(plan_worker))):
-            if i >= skip:
-                yield torch.from_numpy(batch) if keys is None else KeyedBatch(torch.from_numpy(batch), keys)
+        for epoch, skip_batches in self.handover.epochs(worker, self.epoch, self.skip_batches):
+            self._plan_for(epoch)
+            plan_worker, skip = serves(worker, num, skip_batches)
+            if skip:
+                log.info(lf.RESUME_SKIP.template, self.epoch, skip)
+            yield from self.handover.send(self._kept(self._timed(self._worker_batches(plan_worker)), skip))
 
     def _timed(self, batches):
         return batches if self.stage_times is None else self.stage_times.timed_iter("batches", batches)
-
-    def _log_skip(self, skip: int) -> None:
-        if skip:
-            log.info(lf.RESUME_SKIP.template, self.epoch, skip)
 
     def _kept(self, batches, skip: int):
         for i, (batch, keys) in enumerate(batches):
             if i >= skip:
                 yield batch, keys
             else:
-                self._writer.drop(batch)
+                self.handover.drop(batch)
 
-    def _new_batch(self) -> np.ndarray:
-        """Where the next batch is built: a free ring slot in a ring worker, else new memory."""
-        if self._writer is not None:
-            return self._take_slot()
-        return np.empty((self.batch_size, *self.spec.shape), self.spec.dtype)
-
-    def _take_slot(self) -> np.ndarray:
+    def _built(self, build, *args) -> np.ndarray:
+        """build(*args): a batch in the hand-over's memory, the wait for it counted with stage times."""
         if self.stage_times is None:
-            return self._writer.take()
-        before = self._writer.waited
+            return build(*args)
+        before = self.handover.waited
         try:
-            return self._writer.take()
+            return build(*args)
         finally:
-            self.stage_times.add("slot_wait", self._writer.waited - before)
+            self.stage_times.add("slot_wait", self.handover.waited - before)
 
     def _fast(self, url: str) -> bool:
         """Local, uncompressed, `.npy`, and small enough to hold whole (order.held_whole)."""
@@ -294,7 +267,7 @@ class ShardBatches(IterableDataset):
         seg = self.segments[-1]
         rng = worker_rng(seg.seed, self.epoch, self.rank, worker, len(self.segments) - 1)
         t0, tally = time.perf_counter(), _Tally(wp.batches)
-        batcher = _Batcher(self.spec, self.batch_size, self._new_batch, self.stage_times, self.keys,
+        batcher = _Batcher(self.spec, self.batch_size, lambda: self._built(self.handover.take), self.stage_times, self.keys,
                            self._screen_members if self._screen else None, (self.seed, self.epoch))
         for k, piece in enumerate(wp.pieces):
             whole = self.planner.whole(piece.shard, seg)
@@ -355,7 +328,7 @@ class ShardBatches(IterableDataset):
         """Batches of `rows` (n, size) in `order`, at most `limit`: the partial batch left by the previous
         shard is topped up first, then each whole batch is one fancy-index gather (one copy). `table`:
         the rows' MemberTable (keys, looked up when batches carry keys or a row holds NaN/inf)."""
-        pos, shape, bs = 0, (self.batch_size, *self.spec.shape), self.batch_size
+        pos, bs = 0, self.batch_size
         order = order.copy() if self._screen else order  # a NaN/inf row's position takes a finite one's
         picked = (lambda a, b: table.keys_at(order[a:b])) if self.keys else (lambda a, b: None)
         if batcher.fill:
@@ -363,18 +336,10 @@ class ShardBatches(IterableDataset):
             for batch in batcher.add_rows(self._screened(rows[order[:pos]], rows, table, order, 0, url), picked(0, pos)):
                 limit -= 1
                 yield batch
-        if self._writer is not None and limit > 0 and pos + bs <= len(rows):
-            # Gathered straight into ring slots by torch (np.take into `out` is 100x slower on these strided rows).
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # rows is a read-only view of the shard buffer: only read
-                src, index = torch.from_numpy(rows), torch.from_numpy(order)
+        gather = self.handover.gatherer(rows) if limit > 0 and pos + bs <= len(rows) else None
         while limit > 0 and pos + bs <= len(rows):
             limit -= 1
-            if self._writer is None:
-                out = rows[order[pos:pos + bs]].reshape(shape)
-            else:
-                out = self._take_slot()
-                torch.index_select(src, 0, index[pos:pos + bs], out=torch.from_numpy(out).view(bs, -1))
+            out = self._built(gather, order[pos:pos + bs])
             yield self._screened(out, rows, table, order, pos, url), picked(pos, pos + bs)
             pos += bs
         if limit > 0 and pos < len(rows):

@@ -52,6 +52,7 @@ import queue
 import sys
 import threading
 import time
+import warnings
 import weakref
 from typing import Iterable
 
@@ -60,6 +61,7 @@ import torch
 
 from .. import logformat as lf
 from ..batch import KeyedBatch
+from .handover import HandOver
 
 log = logging.getLogger(__name__)
 PAGE = mmap.PAGESIZE
@@ -92,7 +94,7 @@ class SlotRing:
         self.slot_bytes = self.count * self.dtype.itemsize
         n, self._period = workers * slots, slots + 1
         table_end = n + workers * self._period
-        words = table_end + 5 + workers
+        words = table_end + 5 + 2 * workers
         self._stride, self._data_at = _round_up(self.slot_bytes), _round_up(words * 8)
         self.key_bytes = key_bytes  # keys area per slot (0: batches carry no keys)
         self._keys_at = self._data_at + n * self._stride
@@ -103,7 +105,8 @@ class SlotRing:
         self._released, self._table = ctrl[:n], ctrl[n:table_end].reshape(workers, self._period)
         self._closed, self._abort = ctrl[table_end:table_end + 1], ctrl[table_end + 1:table_end + 2]
         self._round = ctrl[table_end + 2:table_end + 5]  # number, epoch, batches of the epoch to skip
-        self._done = ctrl[table_end + 5:]  # per worker: the last round it finished
+        self._done = ctrl[table_end + 5:table_end + 5 + workers]  # per worker: the last round it finished
+        self._pids = ctrl[table_end + 5 + workers:]  # per worker: its process (0: not started yet)
         self._views = [memoryview(self._mm)[self._offset(i):self._offset(i) + self.slot_bytes] for i in range(n)]
         self._baseline = sys.getrefcount(self._views[0])  # the list's reference + getrefcount's argument
         self._given = [0] * n  # hand-outs of each slot in this epoch (the worker counts the same)
@@ -147,16 +150,10 @@ class SlotRing:
         """In a worker: its side of the ring."""
         return SlotWriter(self, worker)
 
-    def iterate(self, inner, epoch: int = 0, start: int = 0, fresh: bool = True) -> "RingIterator":
-        """In the rank: start a round (an epoch). `inner`: a function giving the DataLoader's own
-        iterator, which forks the workers when `fresh`; else the workers of an earlier round, idle.
-        `start`: batches of the epoch already trained (a resume; each worker skips its share), so the
-        first batch comes from worker start % workers, as in the uninterrupted epoch."""
-        return RingIterator(self, inner, epoch, start, fresh)
-
     def rounds(self, worker: int):
         """In a worker: (epoch, batches to skip) of each round the rank starts, until it closes the ring."""
         parent, go = os.getppid(), self._go[worker]
+        self._pids[worker] = os.getpid()
         while True:
             while not go.acquire(timeout=POLL_S):
                 if self._closed[0]:
@@ -171,14 +168,25 @@ class SlotRing:
 
     def stop_workers(self, inner) -> None:
         """The workers leave their rounds (they are idle, or abandon the one under way), then the
-        DataLoader stops them as it stops any workers."""
+        DataLoader stops them as it stops its workers at the end of an epoch (`inner`: its iterator;
+        there is no public way to stop them at once)."""
         self._closed[0] = 1
         self._open = False
         for go in self._go:  # idle workers wake now, not at their next poll
             go.release()
-        shutdown = getattr(inner, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        inner._shutdown_workers()
+
+    def dead_workers(self) -> list[int]:
+        """The processes of workers that started and have exited (or were reaped by the DataLoader)."""
+        dead = []
+        for pid in self._pids.tolist():
+            if pid > 0:
+                try:
+                    if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                        dead.append(pid)
+                except ChildProcessError:  # reaped already: gone
+                    dead.append(pid)
+        return dead
 
     # ---- the rank's side ----
     def _begin(self, it: "RingIterator", epoch: int, skip: int, fresh: bool) -> None:
@@ -202,7 +210,7 @@ class SlotRing:
             self._ready = [ctx.Semaphore(0) for _ in range(self.workers)]
             self._free = [ctx.Semaphore(self.slots - busy[w]) for w in range(self.workers)]
             self._go = [ctx.Semaphore(0) for _ in range(self.workers)]
-            self._round[0], self._done[:] = 0, 0
+            self._round[0], self._done[:], self._pids[:] = 0, 0, 0
         else:  # the same workers, idle: the counts of the new round
             for w in range(self.workers):
                 _drain(self._ready[w])
@@ -363,17 +371,19 @@ class SlotWriter:
 
 class RingIterator:
     """The rank's iterator over one round: batches from the workers' slots as tensor views, in the
-    DataLoader's order. `inner` (the DataLoader's own iterator, whose workers serve every round) is
-    kept by the caller for the next round."""
+    DataLoader's order. `inner`: the DataLoader's own iterator, whose workers serve every round (the
+    hand-over keeps it for the next round); `own()` makes it, forking the workers, when none serve."""
 
-    def __init__(self, ring: SlotRing, inner, epoch: int, start: int, fresh: bool):
-        self._ring = ring
-        self.inner = None if fresh else inner()  # the workers of the earlier rounds, idle
-        ring._begin(self, epoch, start, fresh)
-        if fresh:
-            self.inner = inner()  # forks the workers; each waits for its rounds in its first fetch
+    def __init__(self, handover: "RingHandOver", own, epoch: int, skip: int):
+        ring = handover.ring
+        self._handover, self._ring = handover, ring
+        self._own = own  # holds the loader: its workers are not stopped while this iterator lives
+        self.inner = handover.inner  # the workers of the earlier rounds, idle (None: none yet)
+        ring._begin(self, epoch, skip, fresh=self.inner is None)
+        if self.inner is None:
+            self.inner = handover.inner = own()  # forks the workers; each waits for its rounds in its first fetch
         self._left = list(range(ring.workers))  # workers with batches left, in turn order
-        self._turn = start % ring.workers
+        self._turn = 0
         self._taken = [0] * ring.workers
 
     def __iter__(self):
@@ -407,16 +417,20 @@ class RingIterator:
         return int(self._ring._table[worker, k % self._ring._period])
 
     def _check_alive(self) -> None:
-        dead = [w for w in getattr(self.inner, "_workers", ()) if not w.is_alive()]
+        dead = self._ring.dead_workers()
         if dead:  # the DataLoader's own words (its SIGCHLD handler usually raises first)
-            raise RuntimeError(f"DataLoader worker (pid(s) {', '.join(str(w.pid) for w in dead)}) exited unexpectedly")
+            self._handover.close()
+            raise RuntimeError(f"DataLoader worker (pid(s) {', '.join(map(str, dead))}) exited unexpectedly")
 
     def _raise_failure(self) -> None:
         """A worker failed: stop the others, then let the DataLoader raise the worker's exception."""
         self._ring._closed[0] = 1
         self._ring._open = False
-        for _ in self.inner:  # the other workers end quietly; the failed one's exception is raised here
-            pass
+        try:
+            for _ in self.inner:  # the other workers end quietly; the failed one's exception is raised here
+                pass
+        finally:
+            self._handover.close()
         raise RuntimeError("a DataLoader worker failed without an exception")
 
     def _finish(self):
@@ -426,6 +440,63 @@ class RingIterator:
             if self._ring.copies:
                 log.debug(lf.RING_COPIES.template, self._ring.copies, self._ring.slots - 2)
         raise StopIteration
+
+
+class RingHandOver(HandOver):
+    """The batch ring as a hand-over (handover.py): the ring is made at the first epoch, before the first
+    fork; the DataLoader's first iterator forks the workers, which serve every round until `close`."""
+
+    def __init__(self, name: str, workers: int, slots: int, shape: tuple[int, ...], dtype, pin: bool = False,
+                 key_bytes: int = 0):
+        self.name, self._ring_args = name, (workers, slots, shape, dtype, pin, key_bytes)
+        self.ring: SlotRing | None = None
+        self.inner = None  # the DataLoader iterator whose workers serve the rounds (None: no workers)
+        self._writer: SlotWriter | None = None  # in a worker: its side of the round under way
+
+    # ---- a worker's side ----
+    def epochs(self, worker: int, epoch: int, skip: int):
+        for epoch, skip in self.ring.rounds(worker):  # every round in the DataLoader's first fetch
+            self._writer = self.ring.writer(worker)
+            yield epoch, skip
+
+    @property
+    def waited(self) -> float:
+        return self._writer.waited if self._writer is not None else 0.0
+
+    def take(self) -> np.ndarray:
+        return self._writer.take()
+
+    def gatherer(self, rows: np.ndarray):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # rows is a read-only view of the shard buffer: only read
+            src = torch.from_numpy(rows)
+
+        def gather(index: np.ndarray) -> np.ndarray:
+            out = self._writer.take()
+            # Straight into the slot by torch (np.take into `out` is 100x slower on these strided rows).
+            torch.index_select(src, 0, torch.from_numpy(index), out=torch.from_numpy(out).view(len(index), -1))
+            return out
+        return gather
+
+    def drop(self, batch: np.ndarray) -> None:
+        self._writer.drop(batch)
+
+    def send(self, batches):
+        self._writer.feed(batches)
+        yield from ()  # the batches went through the slots; the DataLoader's queue carries nothing
+
+    # ---- the rank's side ----
+    def start(self, epoch: int, skip: int, own) -> RingIterator:
+        if self.ring is None:
+            self.ring = ring = SlotRing(*self._ring_args)
+            log.debug(lf.RING_MADE.template, self.name, ring.workers, ring.slots, ring.slot_bytes, ring.nbytes / 2**20,
+                      ", pinned" if ring.pinned else "")
+        return RingIterator(self, own, epoch, skip)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            inner, self.inner = self.inner, None
+            self.ring.stop_workers(inner)
 
 
 class _Releaser:
