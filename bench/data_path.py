@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from ae_train import logs  # noqa: E402
 from ae_train.data.datamodule import EpochDataLoader  # noqa: E402
 from ae_train.data.reader import ShardBatches  # noqa: E402
-from ae_train.data.ring import RingHandOver  # noqa: E402
+from ae_train.data.handover import RingHandOver  # noqa: E402
 from ae_train.data.shards import count_shard  # noqa: E402
 
 

@@ -1,4 +1,6 @@
-"""LightningDataModule over WebDataset shards with equal batches per rank in every epoch.
+"""The data path wired for Lightning: `make_loader` (one split's ShardBatches and its EpochDataLoader, as
+training and `ae-train bench-data` read them) and the LightningDataModule, equal batches per rank in
+every epoch.
 
 Its state in a checkpoint is the training data order of the epoch under way (resume.OrderState): a run
 resumed inside that epoch goes on in it, or, in another world, plans the samples left (resume.py).
@@ -20,8 +22,8 @@ from .plan import batches_per_rank
 from .reader import ShardBatches
 from .remote import set_retry_policy
 from .resume import OrderState, mismatch, shards_digest
-from .handover import DataLoaderHandOver
-from .ring import RingHandOver, SlotRing
+from .handover import DataLoaderHandOver, RingHandOver
+from .ring import SlotRing
 from .splits import DataFacts, Split
 
 log = logging.getLogger(__name__)

@@ -1,18 +1,20 @@
-"""The per-worker sample path: read the shards of this worker's plan, yield whole batches.
+"""Batches: the per-worker sample path, from the shards of this worker's plan to whole batches.
 
 Stages, in order: plan (equal batches per rank) -> this rank -> this worker -> read shard -> pick the
-sample range -> shuffle inside it -> decode into a preallocated batch -> batch. Batches are built
-here, inside the worker, so the rank's main process only receives tensors: float32 (B, *shape) for
-arrays, uint8 (B, C, H, W) for images (scaled on the device). With a batch ring (ring.py, set up by
-EpochDataLoader) a worker gathers or decodes each batch straight into a reused shared slot and
-yields only its `Slot`; the rank turns it into a tensor view.
+sample range -> shuffle inside it -> decode into a preallocated batch -> batch -> hand over. Batches
+are built here, inside the worker, so the rank's main process only receives tensors: float32
+(B, *shape) for arrays, uint8 (B, C, H, W) for images (scaled on the device). Where each batch is
+built and how it reaches the rank is the hand-over's (handover.py: the DataLoader's own, or the
+batch ring's reused shared slots); the reader is the same for both.
 
 Two ways to read a shard. The fast path, for local uncompressed `.npy` shards no larger than
-data.buffer_mb: the whole file in one reused buffer (the next one read ahead), its rows gathered by
-the vectorized tar walk. Everything else streams: any URL, gzip, images, shards over the size
-limit; memory is one read chunk, the raw members of the shuffle buffer and the batch being filled.
-Either way the samples of a piece leave in the order order.py computes from counts and seeds alone,
-so a stopped epoch can be continued over another world (resume.py) with every sample exactly once.
+data.buffer_mb: the whole file in one reused buffer (source.py; the next one read ahead), its members
+found by the vectorised tar scan (tarscan.py), its rows gathered from one view (npyrows.py).
+Everything else streams (stream.py): any URL, gzip, images, shards over the size limit; memory is one
+read chunk, the raw members of the shuffle buffer and the batch being filled. Either way the samples
+of a piece leave in the order order.py computes from counts and seeds alone, so a stopped epoch can
+be continued over another world (resume.py) with every sample exactly once. Float batches are
+screened for NaN/inf where they are filled (screen.py).
 
 With `keys` (the sample ledger, data.sample_ledger) every batch travels with the WebDataset keys of
 its samples (`KeyedBatch`); without, batches are plain tensors and no key is ever looked up.
@@ -29,6 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .. import logformat as lf
 from .. import logs
+from .batcher import Batcher
 from .decode import SampleSpec, decode_into
 from .handover import DataLoaderHandOver, HandOver, serves
 from .npyrows import gather_npy
@@ -49,72 +52,6 @@ DEFAULT_SHUFFLE_BUFFER = 1000
 
 class NoReadableSamples(RuntimeError):
     """A worker must pad but no shard of the split gives it one real sample to repeat."""
-
-
-class _Batcher:
-    """Fills preallocated batches slot by slot (rows in blocks, members one by one). Yields
-    (batch, keys) pairs: keys is the list of the samples' keys with `keys`, else None. With `screen`
-    (float data) a batch filled member by member is checked for NaN/inf as it completes (screen.py);
-    the keys and shards of its rows are kept for naming a bad one."""
-
-    def __init__(self, spec: SampleSpec, batch_size: int, new=None, times=None, keys: bool = False, screen=None,
-                 seed: tuple[int, int] | None = None):
-        self.spec, self.batch_size, self.times = spec, batch_size, times
-        self.seed = seed  # (seed, epoch): with the sample key, draws each sample's augmentation (decode.py)
-        self._new = new or (lambda: np.empty((batch_size, *spec.shape), spec.dtype))
-        self.cur: np.ndarray | None = None  # taken when its first sample comes: a ring slot only while filled
-        self.fill = 0
-        self.ship, self.screen = keys, screen
-        self.keys: list | None = [] if keys or screen else None  # keys of the samples in `cur`
-        self.urls: list | None = [] if screen else None  # their shards
-        self.url = ""  # the shard of the members being added
-
-    def _full(self) -> tuple[np.ndarray, list[str] | None]:
-        out, keys = self.cur, self.keys
-        if self.screen is not None and not finite(out):
-            self.screen(out, keys, self.urls)
-        self.cur, self.fill = None, 0
-        if keys is not None:
-            self.keys = []
-        if self.urls is not None:
-            self.urls = []
-        return out, keys if self.ship else None
-
-    def add_rows(self, rows: np.ndarray, keys=None):
-        """Copy rows (n, size) into batches (`keys`: a sequence of their keys, with `keys` on); yields
-        each batch as it fills."""
-        pos = 0
-        while pos < len(rows):
-            if self.cur is None:
-                self.cur = self._new()
-            take = min(self.batch_size - self.fill, len(rows) - pos)
-            self.cur.reshape(self.batch_size, -1)[self.fill:self.fill + take] = rows[pos:pos + take]
-            if self.keys is not None:
-                self.keys.extend(keys[pos:pos + take] if keys is not None else [None] * take)
-            if self.urls is not None:
-                self.urls.extend([self.url] * take)
-            self.fill += take
-            pos += take
-            if self.fill == self.batch_size:
-                yield self._full()
-
-    def add_member(self, key: str, data: bytes):
-        if self.cur is None:
-            self.cur = self._new()
-        try:
-            if self.times is None:
-                decode_into(self.spec, data, self.cur[self.fill], key, self.seed)
-            else:
-                self.times.timed("decode", decode_into, self.spec, data, self.cur[self.fill], key, self.seed)
-        except ShardError as e:
-            raise ShardError(f"sample {key}: {e}") from None
-        if self.keys is not None:
-            self.keys.append(key)
-        if self.urls is not None:
-            self.urls.append(self.url)
-        self.fill += 1
-        if self.fill == self.batch_size:
-            yield self._full()
 
 
 class _Tally:
@@ -267,7 +204,7 @@ class ShardBatches(IterableDataset):
         seg = self.segments[-1]
         rng = worker_rng(seg.seed, self.epoch, self.rank, worker, len(self.segments) - 1)
         t0, tally = time.perf_counter(), _Tally(wp.batches)
-        batcher = _Batcher(self.spec, self.batch_size, lambda: self._built(self.handover.take), self.stage_times, self.keys,
+        batcher = Batcher(self.spec, self.batch_size, lambda: self._built(self.handover.take), self.stage_times, self.keys,
                            self._screen_members if self._screen else None, (self.seed, self.epoch))
         for k, piece in enumerate(wp.pieces):
             whole = self.planner.whole(piece.shard, seg)
@@ -283,7 +220,7 @@ class ShardBatches(IterableDataset):
                  time.perf_counter() - t0, self.name)
 
     def _piece_batches(self, piece: Piece, order: np.ndarray, whole: bool, following: int | None,
-                       batcher: "_Batcher", tally: "_Tally"):
+                       batcher: "Batcher", tally: "_Tally"):
         """The batches completed by one shard piece. A read error ends it: planned samples of this worker
         were not delivered, so it is an ERROR naming the shard and a shard error, whichever part of the
         shard the piece is. A shard counts once however many of its pieces fail (`failed`: per shard, for
@@ -307,7 +244,7 @@ class ShardBatches(IterableDataset):
         if read[0]:
             log.debug(lf.FINISHED_SHARD.template, url, read[0], time.perf_counter() - t_shard)
 
-    def _fast_piece(self, piece: Piece, order: np.ndarray, following: int | None, batcher: "_Batcher", limit: int,
+    def _fast_piece(self, piece: Piece, order: np.ndarray, following: int | None, batcher: "Batcher", limit: int,
                     read: list):
         """The fast path: the piece's rows gathered from the whole shard in memory (the next one read ahead)."""
         seg = self.segments[-1]
@@ -316,7 +253,7 @@ class ShardBatches(IterableDataset):
         read[0] = len(rows)
         yield from self._gathered(rows, table, order, batcher, limit, self.urls[piece.shard])
 
-    def _streamed_piece(self, piece: Piece, order: np.ndarray, batcher: "_Batcher", tally: "_Tally", read: list):
+    def _streamed_piece(self, piece: Piece, order: np.ndarray, batcher: "Batcher", tally: "_Tally", read: list):
         """Any other shard: raw members streamed in the piece's order, each decoded into the batch being filled."""
         for key, data in self._streamed(piece, order):
             read[0] += 1
@@ -324,7 +261,7 @@ class ShardBatches(IterableDataset):
             if tally.left == 0:
                 break
 
-    def _gathered(self, rows: np.ndarray, table, order: np.ndarray, batcher: _Batcher, limit: int, url: str = ""):
+    def _gathered(self, rows: np.ndarray, table, order: np.ndarray, batcher: Batcher, limit: int, url: str = ""):
         """Batches of `rows` (n, size) in `order`, at most `limit`: the partial batch left by the previous
         shard is topped up first, then each whole batch is one fancy-index gather (one copy). `table`:
         the rows' MemberTable (keys, looked up when batches carry keys or a row holds NaN/inf)."""
@@ -371,7 +308,7 @@ class ShardBatches(IterableDataset):
             for i, donor in replace(batch.reshape(len(batch), -1), bad, lambda i: (keys[i], urls[i]), self.nonfinite):
                 keys[i] = keys[donor]
 
-    def _padding(self, batcher: _Batcher, last: tuple, missing: int):
+    def _padding(self, batcher: Batcher, last: tuple, missing: int):
         """`missing` batches of real samples: the partial batch topped up from the last full one, or
         its own samples repeated; with nothing read at all, samples of any readable shard of the split.
         In a ring worker `last` is a slot that may have been filled again since it was handed over:
@@ -449,8 +386,12 @@ class ShardBatches(IterableDataset):
             if index + 1 >= piece.stop:
                 return
             wanted = index + 1 if want is None else next(want)
-        raise ShardError(f"holds {index + 1} '{self.sample_key}' samples, the index says "
-                         f"{self.counts[piece.shard]} (run `ae-train index` again)")
+        raise self._fewer(piece, index + 1)
+
+    def _fewer(self, piece: Piece, found: int) -> ShardError:
+        """A shard that holds fewer samples than its count (the index is stale)."""
+        return ShardError(f"holds {found} '{self.sample_key}' samples, the index says {self.counts[piece.shard]} "
+                          "(run `ae-train index` again)")
 
     def _open(self, piece: Piece, ahead: str | None) -> tuple[np.ndarray, object]:
         """float32 rows of the piece's samples that hold `sample_key`: (n, size), and their MemberTable."""
@@ -462,8 +403,7 @@ class ShardBatches(IterableDataset):
         t = time.perf_counter() if times is not None else 0.0
         members = sample_table(buf, self.sample_key)
         if len(members) < piece.stop:
-            raise ShardError(f"holds {len(members)} '{self.sample_key}' samples, the index says "
-                             f"{self.counts[piece.shard]} (run `ae-train index` again)")
+            raise self._fewer(piece, len(members))
         chosen = members[piece.start:piece.stop] if piece.keep is None else members.take(piece.keep)
         rows = gather_npy(buf, chosen, chosen.keys, self.spec.size)
         if times is not None:

@@ -1,4 +1,5 @@
-"""Batches cross from DataLoader workers through reused shared-memory slots, not a new segment each.
+"""The batch ring: batches cross from DataLoader workers through reused shared-memory slots, not a new
+segment each (handover.RingHandOver is how the reader and the loader use it).
 
 The stock DataLoader moves every batch through a fresh shared-memory segment (allocate, map, fault
 in, pass its file descriptor, unmap), a pickle and two queue hops with their feeder threads. Here the
@@ -12,13 +13,13 @@ epoch: no fork, first read and exit at each epoch's start): it waits for the ran
 each batch straight into it, writes the slot's number into its table and posts `ready`; at the end of
 the epoch it posts an end mark (or a failure mark before its exception propagates) and waits for the
 next round. A round the rank leaves early (a cut-short epoch) is abandoned: the workers see `abort`
-at their next slot, stop and report idle before the rank resets the ring for the next one. The DataLoader still
-does the control: worker processes, worker_init_fn, worker start/stop, the exception with the
-worker's traceback (the rank drains the DataLoader's iterator once a worker reports failure), dead
-workers (its SIGCHLD handler and the same is_alive check on each wait), clean shutdown. The rank
-takes batches in the DataLoader's order (round robin over the workers that have batches left) and
-wraps each slot as a tensor view: no pickle, no copy, no queue hop, no system call while the
-workers keep ahead.
+at their next slot, stop and report idle before the rank resets the ring for the next one. The
+DataLoader still does the control: worker processes, worker_init_fn, worker start/stop, the exception
+with the worker's traceback (the rank drains the DataLoader's iterator once a worker reports failure),
+dead workers (its SIGCHLD handler; the rank's waits also check the processes whose ids the workers
+wrote into the mapping), shutdown. The rank takes batches in the DataLoader's order (round robin over
+the workers that have batches left, from worker 0) and wraps each slot as a tensor view: no pickle,
+no copy, no queue hop, no system call while the workers keep ahead.
 
 A slot goes back to its worker when no tensor of the rank uses it any more: every hand-out gets its
 own storage over the slot's memoryview, so the memoryview's reference count says whether any view,
@@ -29,7 +30,7 @@ handed out as copies, so the worker always has a slot to fill and the two sides 
 other. With `pin`, the mapping is page-locked once (cudaHostRegister) so `.to(device,
 non_blocking=True)` is a real asynchronous copy; a slot whose views died is then freed after a CUDA
 event recorded on the current stream has passed (the copy from it was queued before), by a thread,
-so that the rank never blocks on the device.
+so that the rank never blocks on the device (pinned.py).
 
 With `key_bytes` (the sample ledger) each slot has a keys area beside it: the worker writes the
 batch's keys there (NUL-separated UTF-8, its length first) before publishing, and the rank hands out
@@ -39,7 +40,7 @@ Control words (int64, in the mapping): released[w, s] = the last hand-out of slo
 with (the worker counts its own, a slot is free when both agree; -1: still used from an earlier
 epoch), table[w, k] = the slot of the worker's k-th batch (mod slots + 1; -1 end, -2 failed), closed
 (the workers leave), abort (the round is abandoned), the round (number, epoch, batches to skip),
-done[w] = the last round worker w finished.
+done[w] = the last round worker w finished, pid[w] = its process.
 The semaphores order the writes (post releases, wait acquires), on any CPU.
 """
 from __future__ import annotations
@@ -48,11 +49,8 @@ import logging
 import mmap
 import multiprocessing
 import os
-import queue
 import sys
-import threading
 import time
-import warnings
 import weakref
 from typing import Iterable
 
@@ -61,7 +59,7 @@ import torch
 
 from .. import logformat as lf
 from ..batch import KeyedBatch
-from .handover import HandOver
+from .pinned import Releaser, register, unregister
 
 log = logging.getLogger(__name__)
 PAGE = mmap.PAGESIZE
@@ -118,8 +116,8 @@ class SlotRing:
         self._go: list = []
         self._open = False  # a round was started and not every worker's end mark taken yet
         self._active = None  # weakref to the RingIterator of the round now
-        self._releaser: _Releaser | None = None
-        self.pinned = bool(pin and torch.cuda.is_available() and _register(self._address(), self.nbytes))
+        self._releaser: Releaser | None = None
+        self.pinned = bool(pin and torch.cuda.is_available() and register(self._address(), self.nbytes))
 
     def _offset(self, flat: int) -> int:
         return self._data_at + flat * self._stride
@@ -248,7 +246,7 @@ class SlotRing:
             self._live[flat // self.slots] -= 1
             if self.pinned and torch.cuda.is_initialized():
                 if self._releaser is None:
-                    self._releaser = _Releaser(self)
+                    self._releaser = Releaser(self._release)
                 self._releaser.after_event(flat, given)
             else:
                 self._release(flat, given)
@@ -282,7 +280,7 @@ class SlotRing:
             self._releaser.stop()
             self._releaser = None
         if self.pinned:
-            self.pinned = not _unregister(self._address())
+            self.pinned = not unregister(self._address())
 
     def __del__(self):
         try:
@@ -374,7 +372,7 @@ class RingIterator:
     DataLoader's order. `inner`: the DataLoader's own iterator, whose workers serve every round (the
     hand-over keeps it for the next round); `own()` makes it, forking the workers, when none serve."""
 
-    def __init__(self, handover: "RingHandOver", own, epoch: int, skip: int):
+    def __init__(self, handover, own, epoch: int, skip: int):
         ring = handover.ring
         self._handover, self._ring = handover, ring
         self._own = own  # holds the loader: its workers are not stopped while this iterator lives
@@ -442,117 +440,6 @@ class RingIterator:
         raise StopIteration
 
 
-class RingHandOver(HandOver):
-    """The batch ring as a hand-over (handover.py): the ring is made at the first epoch, before the first
-    fork; the DataLoader's first iterator forks the workers, which serve every round until `close`."""
-
-    def __init__(self, name: str, workers: int, slots: int, shape: tuple[int, ...], dtype, pin: bool = False,
-                 key_bytes: int = 0):
-        self.name, self._ring_args = name, (workers, slots, shape, dtype, pin, key_bytes)
-        self.ring: SlotRing | None = None
-        self.inner = None  # the DataLoader iterator whose workers serve the rounds (None: no workers)
-        self._writer: SlotWriter | None = None  # in a worker: its side of the round under way
-
-    # ---- a worker's side ----
-    def epochs(self, worker: int, epoch: int, skip: int):
-        for epoch, skip in self.ring.rounds(worker):  # every round in the DataLoader's first fetch
-            self._writer = self.ring.writer(worker)
-            yield epoch, skip
-
-    @property
-    def waited(self) -> float:
-        return self._writer.waited if self._writer is not None else 0.0
-
-    def take(self) -> np.ndarray:
-        return self._writer.take()
-
-    def gatherer(self, rows: np.ndarray):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # rows is a read-only view of the shard buffer: only read
-            src = torch.from_numpy(rows)
-
-        def gather(index: np.ndarray) -> np.ndarray:
-            out = self._writer.take()
-            # Straight into the slot by torch (np.take into `out` is 100x slower on these strided rows).
-            torch.index_select(src, 0, torch.from_numpy(index), out=torch.from_numpy(out).view(len(index), -1))
-            return out
-        return gather
-
-    def drop(self, batch: np.ndarray) -> None:
-        self._writer.drop(batch)
-
-    def send(self, batches):
-        self._writer.feed(batches)
-        yield from ()  # the batches went through the slots; the DataLoader's queue carries nothing
-
-    # ---- the rank's side ----
-    def start(self, epoch: int, skip: int, own) -> RingIterator:
-        if self.ring is None:
-            self.ring = ring = SlotRing(*self._ring_args)
-            log.debug(lf.RING_MADE.template, self.name, ring.workers, ring.slots, ring.slot_bytes, ring.nbytes / 2**20,
-                      ", pinned" if ring.pinned else "")
-        return RingIterator(self, own, epoch, skip)
-
-    def close(self) -> None:
-        if self.inner is not None:
-            inner, self.inner = self.inner, None
-            self.ring.stop_workers(inner)
-
-
-class _Releaser:
-    """Frees pinned slots once the device has copied from them: waits on CUDA events in a thread."""
-
-    def __init__(self, ring: SlotRing):
-        self._ring, self._queue = ring, queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="ae-train-ring-releaser", daemon=True)
-        self._thread.start()
-
-    def after_event(self, flat: int, given: int) -> None:
-        event = torch.cuda.Event()
-        event.record()  # on the current stream: after the copy of this slot to the device
-        self._queue.put((event, flat, given))
-
-    def drain(self) -> None:
-        done = threading.Event()
-        self._queue.put(done)
-        done.wait()
-
-    def stop(self) -> None:
-        self._queue.put(None)
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            event, flat, given = item
-            event.synchronize()  # releases the GIL
-            self._ring._release(flat, given)
-
-
 def _drain(sem) -> None:
     while sem.acquire(False):
         pass
-
-
-def _register(address: int, nbytes: int) -> bool:
-    """Page-lock the ring once, so that copies from it to the device run asynchronously."""
-    try:
-        err = torch.cuda.cudart().cudaHostRegister(address, nbytes, 0)
-    except Exception as e:  # no CUDA runtime bindings: copies stay synchronous
-        log.warning(lf.RING_PIN_FAILED.template, nbytes >> 20, e)
-        return False
-    if int(err) != 0:
-        log.warning(lf.RING_PIN_FAILED.template, nbytes >> 20, f"cudaHostRegister error {err}")
-        return False
-    return True
-
-
-def _unregister(address: int) -> bool:
-    try:
-        return int(torch.cuda.cudart().cudaHostUnregister(address)) == 0
-    except Exception:
-        return False
