@@ -24,15 +24,9 @@ and workers rows. The checksum is timed where the fast path does not read header
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import io
-import os
-import platform
-import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,11 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from ae_train import benchdata  # noqa: E402
 from ae_train.data import npyrows, reader, screen, source, stream, tario  # noqa: E402
 from ae_train.data.shards import count_shard  # noqa: E402
 from ae_train.data.tarscan import sample_table  # noqa: E402
-from data_path import cpu_name, make_shards  # noqa: E402
+from tar_scan import bench_data, shards_and_config  # noqa: E402
 
 
 def plain_read_shard(url: str, times=None):
@@ -95,14 +88,16 @@ def plain(part: str | None):
 
 
 def alone(part: str, urls: list[str], dim: int) -> tuple[float, str]:
-    """The part's own work, in its unit: (value, unit)."""
+    """The part's own work, in its unit: (value, unit). The read-ahead has none: it hides reads (end to end)."""
     if part == "uniform rows":
         buf = source.read_shard(urls[0])
         table = sample_table(buf, "x.npy")
         t0 = time.perf_counter()
         npyrows.gather_npy(buf, table, table.keys, dim)
         return (time.perf_counter() - t0) * 1e3, "ms per shard"
-    if part in ("reused read buffers", "read-ahead"):
+    if part == "read-ahead":
+        return float("nan"), "(end to end only)"
+    if part == "reused read buffers":
         t0 = time.perf_counter()
         for u in urls:
             buf = source.read_shard(u)
@@ -119,36 +114,8 @@ def alone(part: str, urls: list[str], dim: int) -> tuple[float, str]:
     return (time.perf_counter() - t0) * 1e3, "ms to count a shard (header scan)"
 
 
-def bench_data(config: Path, seconds: float, extra: list[str] = ()) -> dict[str, float]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        benchdata.main(["--config", str(config), f"--seconds={seconds}", *extra])
-    rows = re.findall(r"^(one process|workers)\s+(\d+)\s+([\d,]+)\s", out.getvalue(), re.M)
-    if not rows:
-        raise SystemExit(f"no samples/s rows in bench-data's output:\n{out.getvalue()}")
-    return {f"{name} ({workers})": float(rate.replace(",", "")) for name, workers, rate in rows}
-
-
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--shards", type=int, default=8)
-    p.add_argument("--per-shard", type=int, default=10000)
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--dir")
-    a = p.parse_args()
-    directory = Path(a.dir or tempfile.mkdtemp(prefix="ae_parts_bench_"))
-    directory.mkdir(parents=True, exist_ok=True)
-    urls = make_shards(directory, a.shards, a.per_shard, a.dim)
-    config = directory / "bench.yaml"
-    config.write_text(f"data:\n  train_shards: {directory}/bench-{{000000..{a.shards - 1:06d}}}.tar\n  val_shards: ''\n"
-                      f"  num_workers: {a.workers}\n")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
-    print(f"data: {a.shards} shards x {a.per_shard} samples of {a.dim} float32 "
-          f"({os.path.getsize(urls[0]) / 2**20:.1f} MB each, webdataset.ShardWriter), batch 256; "
-          f"{a.rounds} rounds interleaved")
+    a, urls, config = shards_and_config("ae_parts_bench_")
     alone_: dict[tuple[str, str], list[float]] = {}
     ends: dict[tuple[str, str], dict[str, list[float]]] = {}
     units: dict[str, str] = {}
