@@ -204,8 +204,8 @@ class ShardBatches(IterableDataset):
         seg = self.segments[-1]
         rng = worker_rng(seg.seed, self.epoch, self.rank, worker, len(self.segments) - 1)
         t0, tally = time.perf_counter(), _Tally(wp.batches)
-        batcher = Batcher(self.spec, self.batch_size, lambda: self._built(self.handover.take), self.stage_times, self.keys,
-                           self._screen_members if self._screen else None, (self.seed, self.epoch))
+        batcher = Batcher(self.spec, self.batch_size, lambda: self._built(self.handover.take), self.stage_times,
+                          self.keys, self._screen_members if self._screen else None, (self.seed, self.epoch))
         for k, piece in enumerate(wp.pieces):
             whole = self.planner.whole(piece.shard, seg)
             order = piece_order(len(piece), rng, whole, seg.shuffle, seg.shuffle_buffer)  # before any read
