@@ -13,7 +13,7 @@ directory (or DIR, reused if it already holds them), then measures, `--rounds` t
   in one process and with `--workers` workers (one epoch of a fresh loader: the workers' start
   included), the workers handing batches over through the batch ring (data/ring.py, the default)
   and through the DataLoader's own per-batch shared-memory segments (`ring_slots=0`, the path
-  before issue 13);
+  before issue 13): the two hand-overs of data/handover.py;
 - ours with workers, after worker start: the same runs of the ring path, counted from the first
   batch to the last: without the workers' start (fork, first shard read) and shutdown;
 - ours with workers, epochs 2-4 of a run: four epochs through one loader, as training reads them
@@ -49,8 +49,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 from ae_train import logs  # noqa: E402
 from ae_train.data.datamodule import EpochDataLoader  # noqa: E402
 from ae_train.data.reader import ShardBatches  # noqa: E402
-from ae_train.data.ring import SlotRing  # noqa: E402
-from ae_train.data.tario import count_file  # noqa: E402
+from ae_train.data.handover import RingHandOver  # noqa: E402
+from ae_train.data.shards import count_shard  # noqa: E402
 
 
 logs.set_tag("bench")  # its DataLoader workers stamp their log records "bench Worker w/K"
@@ -68,7 +68,7 @@ def cpu_name() -> str:
 
 def make_shards(directory: Path, shards: int, per_shard: int, dim: int) -> list[str]:
     urls = [str(directory / f"bench-{i:06d}.tar") for i in range(shards)]
-    if all(os.path.exists(u) and count_file(u)["exts"].get("x.npy") == per_shard for u in urls):
+    if all(os.path.exists(u) and count_shard(u)["exts"].get("x.npy") == per_shard for u in urls):
         return urls
     rng = np.random.default_rng(0)
     with wds.ShardWriter(str(directory / "bench-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
@@ -149,29 +149,27 @@ class ReadyBatches(torch.utils.data.IterableDataset):
 
 
 class RingReadyBatches(ReadyBatches):
-    """The same through the batch ring: each ready batch copied into a free slot, its Slot yielded."""
+    """The same through the batch ring: each ready batch copied into a free slot."""
 
-    def __init__(self, batches: int, batch: int, dim: int, ring: SlotRing):
+    def __init__(self, batches: int, batch: int, dim: int, handover: RingHandOver):
         super().__init__(batches, batch, dim)
-        self.ring = ring
+        self.handover = handover
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         x = np.zeros((self.batch, self.dim), np.float32)
-        for _ in self.ring.rounds(info.id):  # as the reader serves rounds
-            self.ring.writer(info.id).feed((x, None) for _ in range(info.id, self.batches, info.num_workers))
-        yield from ()  # every round ran in the first fetch, into the ring
+        for _ in self.handover.epochs(info.id, 0, 0):  # as the reader serves rounds
+            yield from self.handover.send((x, None) for _ in range(info.id, self.batches, info.num_workers))
 
 
 def ring_hand_over(total: int, dim: int, batch: int, workers: int) -> tuple[int, float]:
-    ring = SlotRing(workers, 5, (batch, dim), np.float32)
-    loader = DataLoader(RingReadyBatches(total // batch, batch, dim, ring), batch_size=None, num_workers=workers,
+    handover = RingHandOver("bench", workers, 5, (batch, dim), np.float32)
+    loader = DataLoader(RingReadyBatches(total // batch, batch, dim, handover), batch_size=None, num_workers=workers,
                         multiprocessing_context="fork")
     t0, n = time.perf_counter(), 0
-    it = ring.iterate(loader.__iter__)
-    for x in it:
+    for x in handover.start(0, 0, loader.__iter__):
         n += len(x)
-    ring.stop_workers(it.inner)  # as the DataLoader's own run below stops its workers at its end
+    handover.close()  # as the DataLoader's own run below stops its workers at its end
     return n, time.perf_counter() - t0
 
 
@@ -199,7 +197,7 @@ def main() -> int:
     directory.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     urls = make_shards(directory, a.shards, a.per_shard, a.dim)
-    counts = [count_file(u)["exts"]["x.npy"] for u in urls]
+    counts = [count_shard(u)["exts"]["x.npy"] for u in urls]
     total, size = sum(counts), sum(os.path.getsize(u) for u in urls)
     print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}), python "
           f"{platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "

@@ -92,8 +92,8 @@ def shards(directory: Path, n: int, per_shard: int, dim: int) -> str:
         (directory / f"part{i}" / INDEX_NAME).unlink()
         (directory / f"part{i}").rmdir()
     from ae_train.data.shards import write_index
-    from ae_train.data.tario import count_file
-    write_index({str(directory / k): count_file(str(directory / k)) for k in sorted(want)})
+    from ae_train.data.shards import count_shard
+    write_index({str(directory / k): count_shard(str(directory / k)) for k in sorted(want)})
     print(f"wrote {n} shards x {per_shard} samples of dim {dim} in {time.perf_counter() - t:.0f}s", flush=True)
     return f"{directory}/train-{{000000..{n - 1:06d}}}.tar"
 

@@ -57,20 +57,20 @@ def scan_seconds(urls: list[str], table) -> float:
     return (time.perf_counter() - t0) / len(bufs)
 
 
-def bench_data(config: Path, seconds: float, table) -> dict[str, float]:
-    """`ae-train bench-data` in this process with `table` as the fast path's scan: samples/s per row."""
-    reader.sample_table = table
+def bench_data(config: Path, seconds: float, extra: list[str] = ()) -> dict[str, float]:
+    """`ae-train bench-data` in this process (its workers fork from it): samples/s per row."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        benchdata.main(["--config", str(config), f"--seconds={seconds}"])
-    reader.sample_table = sample_table
+        benchdata.main(["--config", str(config), f"--seconds={seconds}", *extra])
     rows = re.findall(r"^(one process|workers)\s+(\d+)\s+([\d,]+)\s", out.getvalue(), re.M)
     if not rows:
         raise SystemExit(f"no samples/s rows in bench-data's output:\n{out.getvalue()}")
     return {f"{name} ({workers})": float(rate.replace(",", "")) for name, workers, rate in rows}
 
 
-def main() -> None:
+def shards_and_config(prefix: str) -> tuple[argparse.Namespace, list[str], Path]:
+    """The command line (this script's and hand_written.py's), the shards it asks for (made once in
+    --dir) and a bench-data config over them; prints the machine and the data."""
     p = argparse.ArgumentParser()
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--per-shard", type=int, default=10000)
@@ -80,7 +80,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--dir")
     a = p.parse_args()
-    directory = Path(a.dir or tempfile.mkdtemp(prefix="ae_scan_bench_"))
+    directory = Path(a.dir or tempfile.mkdtemp(prefix=prefix))
     directory.mkdir(parents=True, exist_ok=True)
     urls = make_shards(directory, a.shards, a.per_shard, a.dim)
     config = directory / "bench.yaml"
@@ -90,14 +90,23 @@ def main() -> None:
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
     print(f"data: {a.shards} shards x {a.per_shard} samples of {a.dim} float32 ({size:.1f} MB each, "
           f"webdataset.ShardWriter), batch 256; {a.rounds} rounds interleaved")
+    return a, urls, config
+
+
+def main() -> None:
+    a, urls, config = shards_and_config("ae_scan_bench_")
     scans: dict[str, list[float]] = {"vectorised": [], "plain walk": []}
     ends: dict[str, dict[str, list[float]]] = {"vectorised": {}, "plain walk": {}}
     for r in range(a.rounds):
         order = [("vectorised", sample_table), ("plain walk", plain_table)]
         for name, table in (order if r % 2 == 0 else order[::-1]):
             scans[name].append(scan_seconds(urls, table))
-            for row, rate in bench_data(config, a.seconds, table).items():
-                ends[name].setdefault(row, []).append(rate)
+            reader.sample_table = table
+            try:
+                for row, rate in bench_data(config, a.seconds).items():
+                    ends[name].setdefault(row, []).append(rate)
+            finally:
+                reader.sample_table = sample_table
     med = {k: statistics.median(v) for k, v in scans.items()}
     print(f"\nscan alone, seconds per shard: vectorised {med['vectorised'] * 1e3:.1f} ms, plain walk "
           f"{med['plain walk'] * 1e3:.1f} ms: {med['plain walk'] / med['vectorised']:.1f}x")

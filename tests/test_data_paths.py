@@ -13,10 +13,12 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from ae_train.data import tario, tarscan
-from ae_train.data.reader import ShardBatches, gather_npy
-from ae_train.data.tario import (ShardError, count_file, group_samples, members_of_buffer, read_shard,
-                                 read_shard_ahead)
+from ae_train.data import source, tario, tarscan
+from ae_train.data.npyrows import gather_npy
+from ae_train.data.reader import ShardBatches
+from ae_train.data.shards import count_shard
+from ae_train.data.source import read_shard, read_shard_ahead
+from ae_train.data.tario import ShardError, group_samples, members_of_buffer
 from ae_train.data.tarscan import sample_table
 
 LONG_DIR = "d" * 120  # member names > 100 chars: GNU long-name (L) members, pax path records
@@ -30,7 +32,7 @@ def _npy(a: np.ndarray) -> bytes:
 
 def _ours(urls: list[str], dim: int, batch: int) -> np.ndarray:
     """The training path: ShardBatches in one process, shards and samples in order."""
-    counts = [count_file(u)["exts"].get("x.npy", 0) for u in urls]
+    counts = [count_shard(u)["exts"].get("x.npy", 0) for u in urls]
     ds = ShardBatches(urls, counts, "train_shards", "x.npy", dim, batch, 0, 0, 1, 0, False)
     batches = list(DataLoader(ds, batch_size=None, num_workers=0))
     assert all(isinstance(b, torch.Tensor) and b.dtype == torch.float32 and b.shape == (batch, dim) for b in batches)
@@ -258,7 +260,7 @@ def test_paths_read_ahead_gives_each_shard_its_own_bytes(tmp_path):
         files[name] = tmp_path / f"{name}.bin"
         files[name].write_bytes(fill * 90000)
     a = read_shard_ahead(str(files["a"]), str(files["b"]))
-    tario._AHEAD[0].thread.join()  # the read-ahead of b is done: it must not have used a's buffer
+    source._AHEAD[0].thread.join()  # the read-ahead of b is done: it must not have used a's buffer
     assert a[:] == b"A" * 90000
     view = np.frombuffer(a, np.uint8)  # the caller's rows of shard a, alive while it opens the next one
     b = read_shard_ahead(str(files["b"]), str(files["d"]))  # from the read-ahead

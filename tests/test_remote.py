@@ -200,8 +200,8 @@ def _retry_lines(caplog) -> list[str]:
 
 
 def test_remote_cut_http_reads_resume_with_a_range_request(cut_shards, quick_retries, caplog):
-    from ae_train.data.stream import count_stream
-    from ae_train.data.urls import read_small
+    from ae_train.data.shards import count_stream
+    from ae_train.data.source import read_small
 
     proc, base = flaky_server("--root", str(cut_shards), "--cut", "full")
     names = ["cut-000000.tar", "cut-000001.tar.gz"]
@@ -224,7 +224,7 @@ def test_remote_cut_http_reads_resume_with_a_range_request(cut_shards, quick_ret
 
 
 def test_remote_pipe_and_servers_without_ranges_read_again_and_skip(cut_shards, quick_retries, caplog):
-    from ae_train.data.urls import read_small
+    from ae_train.data.source import read_small
 
     proc, base = flaky_server("--root", str(cut_shards), "--cut", "first", "--ignore-range")
     try:
@@ -245,7 +245,7 @@ def test_remote_pipe_and_servers_without_ranges_read_again_and_skip(cut_shards, 
 
 
 def test_remote_busy_server_is_retried_missing_and_exhausted_are_shard_errors(cut_shards, quick_retries, caplog):
-    from ae_train.data.urls import read_small
+    from ae_train.data.source import read_small
 
     busy, busy_base = flaky_server("--root", str(cut_shards), "--status-first", "503")
     broken, broken_base = flaky_server("--root", str(cut_shards), "--cut", "full", "--ignore-range")
@@ -277,8 +277,8 @@ def test_remote_s3_get_cut_by_a_proxy_resumes_with_a_ranged_get(s3_env, cut_shar
     """Through a real proxy in front of the moto server that cuts every whole-object GET halfway."""
     import boto3
 
-    from ae_train.data.stream import count_stream
-    from ae_train.data.urls import read_small
+    from ae_train.data.shards import count_stream
+    from ae_train.data.source import read_small
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="ae-cut")

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from ae_train.data.shards import INDEX_NAME, DataError, list_shards, sample_counts, write_index
-from ae_train.data.tario import count_file
+from ae_train.data.shards import count_shard
 from conftest import make_shards
 
 
@@ -33,7 +33,7 @@ def test_shards_counts_from_index_then_header_scan(tmp_path, caplog):
     with caplog.at_level("INFO"):
         assert sample_counts(paths, "x.npy", "k") == ([3, 4, 5], {})
     assert "counted 3 of 3 shards by tar header scan" in caplog.text
-    write_index({p: count_file(p) for p in paths})
+    write_index({p: count_shard(p) for p in paths})
     with pytest.raises(DataError, match="holds a readable sample with 'y.npy'"):
         sample_counts(paths, "y.npy", "data.train_shards")
 

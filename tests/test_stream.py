@@ -9,7 +9,8 @@ import tarfile
 
 import pytest
 
-from ae_train.data.stream import count_stream, iter_samples
+from ae_train.data.shards import count_stream
+from ae_train.data.stream import iter_samples
 from ae_train.data.tario import ShardError, group_samples, members_of_buffer
 
 LONG = "d" * 120

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from ae_train.data.reader import gather_npy
-from ae_train.data.tario import ShardError, count_file, group_samples, members_of_buffer
+from ae_train.data.npyrows import gather_npy
+from ae_train.data.shards import count_shard
+from ae_train.data.tario import ShardError, group_samples, members_of_buffer
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -32,7 +33,7 @@ def test_tario_reads_webdataset_writer_shards(tmp_path):
     shards = sorted(tmp_path.glob("s-*.tar"))
     got = np.concatenate([_read_all(p, "x.npy", 12) for p in shards])
     np.testing.assert_array_equal(got, data)
-    assert [count_file(str(p))["exts"]["x.npy"] for p in shards] == [20, 17]
+    assert [count_shard(str(p))["exts"]["x.npy"] for p in shards] == [20, 17]
 
 
 def test_tario_reads_gnu_tar_long_names_and_pax(tmp_path):

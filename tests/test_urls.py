@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from ae_train.data.urls import DataError, beside, is_url, list_shards, open_url, read_small, shard_name
+from ae_train.data.source import open_shard, read_small
+from ae_train.data.urls import DataError, beside, is_url, list_shards, shard_name
 from conftest import make_shards
 
 
@@ -77,7 +78,7 @@ def test_urls_open_s3_and_its_errors(s3_env, tmp_path):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="ae-urls")
     s3.put_object(Bucket="ae-urls", Key="a/b.bin", Body=b"s3 bytes")
-    with open_url("s3://ae-urls/a/b.bin") as f:
+    with open_shard("s3://ae-urls/a/b.bin") as f:
         assert f.read() == b"s3 bytes"
     with pytest.raises(OSError, match=r"S3 NoSuchKey \(HTTP 404\)"):
         read_small("s3://ae-urls/a/missing.bin")

@@ -198,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return ExitCode.OK
     command, rest = argv[0], argv[1:]
-    from .data.shards import DataError
 
     commands = {"fit": cmd_fit, "make-shards": cmd_make_shards, "index": cmd_index, "config": cmd_config}
     try:
@@ -210,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"unknown command '{command}' (commands: fit, make-shards, index, diagnose, collect, "
                               "bench-data, encode, evaluate, export, config)")
         return commands[command](rest)
-    except (ConfigError, DataError) as e:
+    except ConfigError as e:
         from .logs import logging_installed, print_error
         if logging_installed() and not getattr(e, "logged", False):  # a rank: its logs hold the error
             logging.getLogger("ae_train").error("%s", one_line(str(e)))

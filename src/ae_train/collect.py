@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import io
 import json
 import os
 import platform
@@ -18,11 +17,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 import traceback
 from pathlib import Path
 
+from ae_train.data.tarwriter import TarWriter
 from ae_train.diagnose import DiagnoseError, diagnose_run, format_report, resolve_run
 from ae_train.exitcodes import ExitCode
 from ae_train.rundir import RunDir
@@ -45,36 +44,8 @@ def tail_lines(path: Path, n: int = TAIL_LINES) -> bytes:
     return b"".join(lines[-n:])
 
 
-class _Sized(io.RawIOBase):
-    """A file read as exactly `size` bytes: tarfile wrote the size in the header before copying, and a
-    live log that was truncated meanwhile would otherwise leave a corrupt archive. Missing bytes read
-    as NULs; bytes appended after the stat are left out."""
-
-    def __init__(self, f, size: int):
-        self.f, self.left = f, size
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n is None or n < 0 else min(n, self.left)
-        b = self.f.read(n)
-        b += b"\0" * (n - len(b))
-        self.left -= n
-        return b
-
-
-def _add_file(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
-    info = tar.gettarinfo(str(path), arcname)
-    with open(path, "rb") as f:
-        tar.addfile(info, _Sized(f, info.size))
-
-
-def _add_text(tar: tarfile.TarFile, arcname: str, text: str) -> None:
-    data = text.encode("utf-8", "replace")
-    info = tarfile.TarInfo(arcname)
-    info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-    tar.addfile(info, io.BytesIO(data))
+def _add_text(tar: TarWriter, arcname: str, text: str) -> None:
+    tar.add(arcname, text.encode("utf-8", "replace"))
 
 
 def _nvidia_smi() -> str:
@@ -165,15 +136,15 @@ def collect(logs_dir, run: str | None = None, output=None) -> Path:
         raise DiagnoseError(f"cannot create {out}: {e}") from None
     notes = []
     try:
-        with raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        with raw, TarWriter(raw, gz=True) as tar:
             paths = ([files["train"]] if files["train"] else []) + [files["debug"][r] for r in sorted(files["debug"])]
             for p in paths:
-                _add_file(tar, p, f"{top}/logs/{p.name}")
+                tar.add_file(p, f"{top}/logs/{p.name}")
                 _add_text(tar, f"{top}/tail/{p.name}.tail.txt",
                           tail_lines(p).decode("utf-8", "replace"))
             configs = rundir.configs()
             for p in configs:
-                _add_file(tar, p, f"{top}/config/{p.name}")
+                tar.add_file(p, f"{top}/config/{p.name}")
             if not configs:
                 notes.append(f"no config*.yaml in {rundir.root}")
             _add_text(tar, f"{top}/nvidia-smi.txt", _nvidia_smi())

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError  # raised here, and imported from here by data/
+from .errors import ConfigError
 from .lightning_args import check_trainer_key
 
 

@@ -12,13 +12,10 @@ dropped or repeated. The launcher writes `DIR/ae_index.json` for the output once
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import logging
 import os
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -57,32 +54,22 @@ def _outputs(urls: list[str], out: Path) -> list[Path]:
     return [out / shard_name(u) for u in urls]
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-    tar.addfile(info, io.BytesIO(data))
-
-
 def _encode_shard(model, url: str, dest: Path, key: str, spec, batch_size: int) -> int:
     """Write dest (atomically: atomic.atomic_write); returns the samples encoded."""
     import numpy as np
 
+    from .data.tarwriter import TarWriter
     from .inference import encode_batch, shard_batches
 
     n = 0
     with atomic_write(dest) as raw:
-        sink = gzip.GzipFile(fileobj=raw, mode="wb") if dest.name.endswith((".gz", ".tgz")) else raw
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with TarWriter(raw, gz=dest.name.endswith((".gz", ".tgz"))) as tar:
             for keys, others, batch in shard_batches(url, key, spec, batch_size):
                 for k, parts, z in zip(keys, others, encode_batch(model, batch)):
-                    buf = io.BytesIO()
-                    np.save(buf, z.astype(np.float32))
-                    _add(tar, f"{k}.latent.npy", buf.getvalue())
+                    tar.add_array(f"{k}.latent.npy", z.astype(np.float32))
                     for ext, data in parts.items():
-                        _add(tar, f"{k}.{ext}", data)
+                        tar.add(f"{k}.{ext}", data)
                 n += len(keys)
-        if sink is not raw:
-            sink.close()  # the gzip trailer, before the file takes its name
     return n
 
 

@@ -13,7 +13,6 @@ class ConfigError(ValueError):
     """Bad user input: the message is one line that names the key, file or flag."""
 
 
-# The data path's name for it (a shard spec that names no shard, a sample the model cannot take).
-# data/urls.py still defines a DataError class of its own, caught beside ConfigError where a process
-# ends (cli.main, run/launcher._slow_checks, train._data_facts), until it takes this one.
+# The data path's name for it (a shard spec that names no shard, a sample the model cannot take): the
+# same type, so one `except ConfigError` where a process ends catches both.
 DataError = ConfigError

@@ -33,7 +33,7 @@ from .checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
 from .config import Config, to_yaml
 from .data import splits
 from .data.datamodule import ShardDataModule
-from .data.shards import COUNTS_ENV, DataError
+from .data.shards import COUNTS_ENV
 from .data.splits import DataFacts
 from .errors import ConfigError
 from .exitcodes import ExitCode
@@ -134,7 +134,7 @@ def _data_facts(cfg: Config, rank: int, world: int) -> DataFacts:
     if rank == 0:
         try:
             box = [splits.resolve(cfg).to_json()]
-        except (ConfigError, DataError) as e:
+        except ConfigError as e:  # DataError is the same type
             box = [e]
     dist.broadcast_object_list(box, src=0)
     if isinstance(box[0], Exception):

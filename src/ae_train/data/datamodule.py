@@ -1,4 +1,6 @@
-"""LightningDataModule over WebDataset shards with equal batches per rank in every epoch.
+"""The data path wired for Lightning: `make_loader` (one split's ShardBatches and its EpochDataLoader, as
+training and `ae-train bench-data` read them) and the LightningDataModule, equal batches per rank in
+every epoch.
 
 Its state in a checkpoint is the training data order of the epoch under way (resume.OrderState): a run
 resumed inside that epoch goes on in it, or, in another world, plans the samples left (resume.py).
@@ -15,11 +17,13 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from .. import logformat as lf
 from .. import stacks
-from ..config import ConfigError, DataConfig
+from ..config import DataConfig
+from ..errors import ConfigError
 from .plan import batches_per_rank
 from .reader import ShardBatches
 from .remote import set_retry_policy
 from .resume import OrderState, mismatch, shards_digest
+from .handover import DataLoaderHandOver, RingHandOver
 from .ring import SlotRing
 from .splits import DataFacts, Split
 
@@ -143,18 +147,18 @@ def _worker_init(worker_id: int) -> None:
 
 
 class EpochDataLoader(DataLoader):
-    """Sets the dataset's epoch right before each iteration: in the rank (its plan, its log line), and for
-    the ring's workers, which outlive the epoch, in the ring's mapping with the batches to skip.
+    """Sets the dataset's epoch right before each iteration (its plan, its log line), and hands the
+    epoch's batches over one of two ways (handover.py): through a ring of reused shared slots (ring.py)
+    with forked workers, else the DataLoader's own way.
 
     Lightning creates the epoch's iterator after `on_train_epoch_start` (for epoch 0 and after a
     resume, during setup with the restored epoch), so `state_fn()` gives the epoch about to run.
 
-    With forked workers, batches cross through a ring of reused shared slots (ring.py): `ring_slots`
-    per worker (None: prefetch_factor + 3, the batches a worker may have queued, the two Lightning's
-    prefetching fetcher holds, and the one being filled; 0: the DataLoader's own hand-over). The ring
-    is made once, before the first fork, and serves every epoch, and so do its workers (forked at the
-    first epoch, stopped by `close()` or when the loader is collected); `pin_memory` then pins the
-    ring once instead of copying each batch into pinned memory.
+    `ring_slots` per worker (None: prefetch_factor + 3, the batches a worker may have queued, the two
+    Lightning's prefetching fetcher holds, and the one being filled; 0: the DataLoader's own hand-over).
+    The ring is made once, before the first fork, and serves every epoch, and so do its workers (forked
+    at the first epoch, stopped by `close()` or when the loader is collected); `pin_memory` then pins
+    the ring once instead of copying each batch into pinned memory.
     """
 
     def __init__(self, dataset: ShardBatches, state_fn, ring_slots: int | None = None, **kwargs):
@@ -163,38 +167,27 @@ class EpochDataLoader(DataLoader):
         fork = (ctx if isinstance(ctx, str) or ctx is None else ctx.get_start_method()) == "fork"
         if ring_slots is None:
             ring_slots = (kwargs.get("prefetch_factor") or 2) + 3
-        self._ring_slots = ring_slots if workers > 0 and fork and ring_slots > 0 else 0
-        self._pin = bool(kwargs.get("pin_memory")) and self._ring_slots > 0
-        if self._pin:
+        shape = (dataset.batch_size, *dataset.spec.shape)
+        if workers > 0 and fork and ring_slots > 0:
+            pin = bool(kwargs.get("pin_memory"))
             kwargs["pin_memory"] = False  # the ring is pinned itself: no per-batch copy into pinned memory
+            dataset.handover = RingHandOver(dataset.name, workers, ring_slots, shape, dataset.spec.dtype, pin=pin,
+                                            key_bytes=256 * dataset.batch_size if dataset.keys else 0)
+            weakref.finalize(self, dataset.handover.close)  # when the loader goes, so do the ring's workers
+        else:
+            dataset.handover = DataLoaderHandOver(shape, dataset.spec.dtype)
         super().__init__(dataset, **kwargs)
         self._state_fn = state_fn
-        self.ring: SlotRing | None = None
-        self._workers = None  # the DataLoader iterator whose workers serve the ring's rounds
+
+    @property
+    def ring(self) -> SlotRing | None:
+        """The batch ring, once the first epoch made it (None: the DataLoader's own hand-over)."""
+        return getattr(self.dataset.handover, "ring", None)
 
     def __iter__(self):
         epoch, done = self._state_fn()
-        done = self.dataset.set_epoch(epoch, done)  # batches of the epoch's plan already trained
-        self.dataset.skip_batches = done
-        if not self._ring_slots:
-            return super().__iter__()
-        if self.ring is None:
-            spec = self.dataset.spec
-            self.ring = SlotRing(self.num_workers, self._ring_slots, (self.dataset.batch_size, *spec.shape),
-                                 spec.dtype, pin=self._pin,
-                                 key_bytes=256 * self.dataset.batch_size if self.dataset.keys else 0)
-            self.dataset.ring = self.ring
-            log.debug(lf.RING_MADE.template, self.dataset.name,
-                      self.num_workers, self._ring_slots, self.ring.slot_bytes, self.ring.nbytes / 2**20,
-                      ", pinned" if self.ring.pinned else "")
-        fresh = self._workers is None or getattr(self._workers, "_shutdown", True)
-        workers = super().__iter__ if fresh else (lambda: self._workers)
-        it = self.ring.iterate(workers, epoch=epoch, start=done, fresh=fresh)
-        if fresh:
-            self._workers = it.inner
-            weakref.finalize(self, self.ring.stop_workers, it.inner)  # when the loader goes, so do they
-        it.loader = self  # not before its last round is read
-        return it
+        self.dataset.skip_batches = self.dataset.set_epoch(epoch, done)  # batches of the epoch's plan already trained
+        return self.dataset.handover.start(self.dataset.epoch, self.dataset.skip_batches, super().__iter__)
 
     def state_dict(self) -> dict:
         """Lightning keeps this in checkpoints for a loader that can resume inside an epoch, as this one can:
@@ -205,7 +198,5 @@ class EpochDataLoader(DataLoader):
         pass  # nothing of its own to restore (see state_dict)
 
     def close(self) -> None:
-        """Stop the workers that serve the ring (idle between epochs)."""
-        if self.ring is not None and self._workers is not None:
-            self.ring.stop_workers(self._workers)
-            self._workers = None
+        """Stop the workers that serve every epoch (the ring's, idle between epochs)."""
+        self.dataset.handover.close()

@@ -20,7 +20,8 @@ from functools import cached_property
 import numpy as np
 
 from . import preprocess
-from .tario import Member, ShardError, npy_layout
+from .npyrows import npy_layout
+from .tario import Member, ShardError
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff", "gif")
 ARRAY_EXTS = ("npy", "pth", "pt")

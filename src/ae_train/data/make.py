@@ -10,18 +10,15 @@ cost to decode (benchmarks and tests of the resizing decoder).
 """
 from __future__ import annotations
 
-import gzip
 import io
 import logging
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 
 from .shards import count_shard, write_index
-from .tario import count_file
+from .tarwriter import TarWriter
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -45,12 +42,12 @@ def write_shards(out_dir: str, prefix: str, data: np.ndarray, sizes: list[int], 
         path = os.path.join(out_dir, f"{prefix}-{i:06d}.tar")
         if os.path.exists(path):
             raise FileExistsError(f"{path} exists; make-shards never overwrites shards")
-        with wds.TarWriter(path) as sink:
+        with open(path, "wb") as f, TarWriter(f, mtime=0) as tar:
             for j in range(start, start + n):
-                sink.write({"__key__": f"{prefix}{i:06d}_{j:09d}", sample_key: data[j]})
+                tar.add_array(f"{prefix}{i:06d}_{j:09d}.{sample_key}", data[j])
         paths.append(path)
         start += n
-    write_index({p: count_file(p) for p in paths})
+    write_index({p: count_shard(p) for p in paths})
     return paths
 
 
@@ -115,12 +112,6 @@ def _png(img: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o644, 0
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_image_shards(out_dir: str, prefix: str, samples, sizes: list[int]) -> list[str]:
     """`samples` yields (member ext, image bytes, label); one `.tar.gz` per entry of `sizes`, each
     sample `<key>.<ext>` + `<key>.cls`, written as a stream (gzip over tar, no temporary copy)."""
@@ -130,12 +121,12 @@ def write_image_shards(out_dir: str, prefix: str, samples, sizes: list[int]) -> 
         path = os.path.join(out_dir, f"{prefix}-{i:06d}.tar.gz")
         if os.path.exists(path):
             raise FileExistsError(f"{path} exists; make-shards never overwrites shards")
-        with gzip.open(path, "wb", compresslevel=6) as gz, tarfile.open(fileobj=gz, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        with open(path, "wb") as f, TarWriter(f, gz=True, mtime=0) as tar:
             for _ in range(n):
                 ext, data, label = next(it)
                 key = f"{prefix}{i:06d}_{j:09d}"
-                _add(tar, f"{key}.{ext}", data)
-                _add(tar, f"{key}.cls", str(label).encode())
+                tar.add(f"{key}.{ext}", data)
+                tar.add(f"{key}.cls", str(label).encode())
                 j += 1
         paths.append(path)
     write_index({p: count_shard(p) for p in paths})

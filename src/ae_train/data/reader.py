@@ -1,18 +1,20 @@
-"""The per-worker sample path: read the shards of this worker's plan, yield whole batches.
+"""Batches: the per-worker sample path, from the shards of this worker's plan to whole batches.
 
 Stages, in order: plan (equal batches per rank) -> this rank -> this worker -> read shard -> pick the
-sample range -> shuffle inside it -> decode into a preallocated batch -> batch. Batches are built
-here, inside the worker, so the rank's main process only receives tensors: float32 (B, *shape) for
-arrays, uint8 (B, C, H, W) for images (scaled on the device). With a batch ring (ring.py, set up by
-EpochDataLoader) a worker gathers or decodes each batch straight into a reused shared slot and
-yields only its `Slot`; the rank turns it into a tensor view.
+sample range -> shuffle inside it -> decode into a preallocated batch -> batch -> hand over. Batches
+are built here, inside the worker, so the rank's main process only receives tensors: float32
+(B, *shape) for arrays, uint8 (B, C, H, W) for images (scaled on the device). Where each batch is
+built and how it reaches the rank is the hand-over's (handover.py: the DataLoader's own, or the
+batch ring's reused shared slots); the reader is the same for both.
 
 Two ways to read a shard. The fast path, for local uncompressed `.npy` shards no larger than
-data.buffer_mb: the whole file in one reused buffer (the next one read ahead), its rows gathered by
-the vectorized tar walk. Everything else streams: any URL, gzip, images, shards over the size
-limit; memory is one read chunk, the raw members of the shuffle buffer and the batch being filled.
-Either way the samples of a piece leave in the order order.py computes from counts and seeds alone,
-so a stopped epoch can be continued over another world (resume.py) with every sample exactly once.
+data.buffer_mb: the whole file in one reused buffer (source.py; the next one read ahead), its members
+found by the vectorised tar scan (tarscan.py), its rows gathered from one view (npyrows.py).
+Everything else streams (stream.py): any URL, gzip, images, shards over the size limit; memory is one
+read chunk, the raw members of the shuffle buffer and the batch being filled. Either way the samples
+of a piece leave in the order order.py computes from counts and seeds alone, so a stopped epoch can
+be continued over another world (resume.py) with every sample exactly once. Float batches are
+screened for NaN/inf where they are filled (screen.py).
 
 With `keys` (the sample ledger, data.sample_ledger) every batch travels with the WebDataset keys of
 its samples (`KeyedBatch`); without, batches are plain tensors and no key is ever looked up.
@@ -23,26 +25,25 @@ import logging
 import multiprocessing
 import os
 import time
-import warnings
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .. import logformat as lf
 from .. import logs
-from ..batch import KeyedBatch
+from .batcher import Batcher
 from .decode import SampleSpec, decode_into
-from .npyrows import npy_rows, uniform_npy_rows
+from .handover import DataLoaderHandOver, HandOver, serves
+from .npyrows import gather_npy
 from .order import piece_order, worker_rng
 from .plan import EpochPlan, Piece
 from .resume import OrderState, Planner, Segment, shards_digest
 from .screen import bad_rows, finite, replace
 from .shards import reason
+from .source import read_shard_ahead
 from .stream import open_samples
-from .tario import ShardError, npy_layout, read_shard_ahead
+from .tario import ShardError
 from .tarscan import sample_table
-from .urls import local_path
 
 log = logging.getLogger(__name__)
 DEFAULT_BUFFER_BYTES = 256 << 20
@@ -51,72 +52,6 @@ DEFAULT_SHUFFLE_BUFFER = 1000
 
 class NoReadableSamples(RuntimeError):
     """A worker must pad but no shard of the split gives it one real sample to repeat."""
-
-
-class _Batcher:
-    """Fills preallocated batches slot by slot (rows in blocks, members one by one). Yields
-    (batch, keys) pairs: keys is the list of the samples' keys with `keys`, else None. With `screen`
-    (float data) a batch filled member by member is checked for NaN/inf as it completes (screen.py);
-    the keys and shards of its rows are kept for naming a bad one."""
-
-    def __init__(self, spec: SampleSpec, batch_size: int, new=None, times=None, keys: bool = False, screen=None,
-                 seed: tuple[int, int] | None = None):
-        self.spec, self.batch_size, self.times = spec, batch_size, times
-        self.seed = seed  # (seed, epoch): with the sample key, draws each sample's augmentation (decode.py)
-        self._new = new or (lambda: np.empty((batch_size, *spec.shape), spec.dtype))
-        self.cur: np.ndarray | None = None  # taken when its first sample comes: a ring slot only while filled
-        self.fill = 0
-        self.ship, self.screen = keys, screen
-        self.keys: list | None = [] if keys or screen else None  # keys of the samples in `cur`
-        self.urls: list | None = [] if screen else None  # their shards
-        self.url = ""  # the shard of the members being added
-
-    def _full(self) -> tuple[np.ndarray, list[str] | None]:
-        out, keys = self.cur, self.keys
-        if self.screen is not None and not finite(out):
-            self.screen(out, keys, self.urls)
-        self.cur, self.fill = None, 0
-        if keys is not None:
-            self.keys = []
-        if self.urls is not None:
-            self.urls = []
-        return out, keys if self.ship else None
-
-    def add_rows(self, rows: np.ndarray, keys=None):
-        """Copy rows (n, size) into batches (`keys`: a sequence of their keys, with `keys` on); yields
-        each batch as it fills."""
-        pos = 0
-        while pos < len(rows):
-            if self.cur is None:
-                self.cur = self._new()
-            take = min(self.batch_size - self.fill, len(rows) - pos)
-            self.cur.reshape(self.batch_size, -1)[self.fill:self.fill + take] = rows[pos:pos + take]
-            if self.keys is not None:
-                self.keys.extend(keys[pos:pos + take] if keys is not None else [None] * take)
-            if self.urls is not None:
-                self.urls.extend([self.url] * take)
-            self.fill += take
-            pos += take
-            if self.fill == self.batch_size:
-                yield self._full()
-
-    def add_member(self, key: str, data: bytes):
-        if self.cur is None:
-            self.cur = self._new()
-        try:
-            if self.times is None:
-                decode_into(self.spec, data, self.cur[self.fill], key, self.seed)
-            else:
-                self.times.timed("decode", decode_into, self.spec, data, self.cur[self.fill], key, self.seed)
-        except ShardError as e:
-            raise ShardError(f"sample {key}: {e}") from None
-        if self.keys is not None:
-            self.keys.append(key)
-        if self.urls is not None:
-            self.urls.append(self.url)
-        self.fill += 1
-        if self.fill == self.batch_size:
-            yield self._full()
 
 
 class _Tally:
@@ -163,9 +98,8 @@ class ShardBatches(IterableDataset):
         self._screen = screen and self.spec.dtype == "float32"  # NaN/inf samples left out; uint8 images hold none
         self.plan_errors = 0  # shards found broken when counted (set by the DataModule)
         self.skip_batches = 0  # batches of this epoch's last segment already trained (a mid-epoch resume)
-        # Set by EpochDataLoader before the workers fork: workers fill its slots and yield Slots (ring.py).
-        self.ring = None
-        self._writer = None
+        # How batches reach the rank (handover.py); EpochDataLoader sets its own before the workers fork.
+        self.handover: HandOver = DataLoaderHandOver((batch_size, *self.spec.shape), self.spec.dtype)
         self._announced = False
 
     def order_state(self) -> OrderState:
@@ -231,56 +165,32 @@ class ShardBatches(IterableDataset):
         if info is not None:
             logs.set_worker(worker, num)
             log.info(lf.WORKER_STARTED.template, os.getpid())
-        if self.ring is not None and info is not None:
-            # Every epoch in this first fetch: this worker serves each round the rank starts, its batches
-            # going into ring slots. After a resume the ring reads worker skip % K first, so worker w
-            # keeps its own plan.
-            for epoch, skip_batches in self.ring.rounds(worker):
-                self._plan_for(epoch)
-                skip = len(range(worker, skip_batches, num))
-                self._log_skip(skip)
-                self._writer = self.ring.writer(worker)
-                self._writer.feed(self._kept(self._timed(self._worker_batches(worker)), skip))
-            return
-        # The DataLoader takes batch i of an iterator from worker i % K, and epoch batch j came from plan
-        # worker j % K. A resumed iterator starts at epoch batch `skip_batches`, so its worker w serves
-        # plan worker (w + skip_batches) % K, minus that plan's batches already trained: the epoch goes
-        # on in the same data order whatever the skip count.
-        plan_worker = (worker + self.skip_batches) % num
-        skip = len(range(plan_worker, self.skip_batches, num))
-        self._log_skip(skip)
-        for i, (batch, keys) in enumerate(self._timed(self._worker_batches(plan_worker))):
-            if i >= skip:
-                yield torch.from_numpy(batch) if keys is None else KeyedBatch(torch.from_numpy(batch), keys)
+        for epoch, skip_batches in self.handover.epochs(worker, self.epoch, self.skip_batches):
+            self._plan_for(epoch)
+            plan_worker, skip = serves(worker, num, skip_batches)
+            if skip:
+                log.info(lf.RESUME_SKIP.template, self.epoch, skip)
+            yield from self.handover.send(self._kept(self._timed(self._worker_batches(plan_worker)), skip))
 
     def _timed(self, batches):
         return batches if self.stage_times is None else self.stage_times.timed_iter("batches", batches)
-
-    def _log_skip(self, skip: int) -> None:
-        if skip:
-            log.info(lf.RESUME_SKIP.template, self.epoch, skip)
 
     def _kept(self, batches, skip: int):
         for i, (batch, keys) in enumerate(batches):
             if i >= skip:
                 yield batch, keys
             else:
-                self._writer.drop(batch)
+                self.handover.drop(batch)
 
-    def _new_batch(self) -> np.ndarray:
-        """Where the next batch is built: a free ring slot in a ring worker, else new memory."""
-        if self._writer is not None:
-            return self._take_slot()
-        return np.empty((self.batch_size, *self.spec.shape), self.spec.dtype)
-
-    def _take_slot(self) -> np.ndarray:
+    def _built(self, build, *args) -> np.ndarray:
+        """build(*args): a batch in the hand-over's memory, the wait for it counted with stage times."""
         if self.stage_times is None:
-            return self._writer.take()
-        before = self._writer.waited
+            return build(*args)
+        before = self.handover.waited
         try:
-            return self._writer.take()
+            return build(*args)
         finally:
-            self.stage_times.add("slot_wait", self._writer.waited - before)
+            self.stage_times.add("slot_wait", self.handover.waited - before)
 
     def _fast(self, url: str) -> bool:
         """Local, uncompressed, `.npy`, and small enough to hold whole (order.held_whole)."""
@@ -294,8 +204,8 @@ class ShardBatches(IterableDataset):
         seg = self.segments[-1]
         rng = worker_rng(seg.seed, self.epoch, self.rank, worker, len(self.segments) - 1)
         t0, tally = time.perf_counter(), _Tally(wp.batches)
-        batcher = _Batcher(self.spec, self.batch_size, self._new_batch, self.stage_times, self.keys,
-                           self._screen_members if self._screen else None, (self.seed, self.epoch))
+        batcher = Batcher(self.spec, self.batch_size, lambda: self._built(self.handover.take), self.stage_times,
+                          self.keys, self._screen_members if self._screen else None, (self.seed, self.epoch))
         for k, piece in enumerate(wp.pieces):
             whole = self.planner.whole(piece.shard, seg)
             order = piece_order(len(piece), rng, whole, seg.shuffle, seg.shuffle_buffer)  # before any read
@@ -310,7 +220,7 @@ class ShardBatches(IterableDataset):
                  time.perf_counter() - t0, self.name)
 
     def _piece_batches(self, piece: Piece, order: np.ndarray, whole: bool, following: int | None,
-                       batcher: "_Batcher", tally: "_Tally"):
+                       batcher: "Batcher", tally: "_Tally"):
         """The batches completed by one shard piece. A read error ends it: planned samples of this worker
         were not delivered, so it is an ERROR naming the shard and a shard error, whichever part of the
         shard the piece is. A shard counts once however many of its pieces fail (`failed`: per shard, for
@@ -334,7 +244,7 @@ class ShardBatches(IterableDataset):
         if read[0]:
             log.debug(lf.FINISHED_SHARD.template, url, read[0], time.perf_counter() - t_shard)
 
-    def _fast_piece(self, piece: Piece, order: np.ndarray, following: int | None, batcher: "_Batcher", limit: int,
+    def _fast_piece(self, piece: Piece, order: np.ndarray, following: int | None, batcher: "Batcher", limit: int,
                     read: list):
         """The fast path: the piece's rows gathered from the whole shard in memory (the next one read ahead)."""
         seg = self.segments[-1]
@@ -343,7 +253,7 @@ class ShardBatches(IterableDataset):
         read[0] = len(rows)
         yield from self._gathered(rows, table, order, batcher, limit, self.urls[piece.shard])
 
-    def _streamed_piece(self, piece: Piece, order: np.ndarray, batcher: "_Batcher", tally: "_Tally", read: list):
+    def _streamed_piece(self, piece: Piece, order: np.ndarray, batcher: "Batcher", tally: "_Tally", read: list):
         """Any other shard: raw members streamed in the piece's order, each decoded into the batch being filled."""
         for key, data in self._streamed(piece, order):
             read[0] += 1
@@ -351,11 +261,11 @@ class ShardBatches(IterableDataset):
             if tally.left == 0:
                 break
 
-    def _gathered(self, rows: np.ndarray, table, order: np.ndarray, batcher: _Batcher, limit: int, url: str = ""):
+    def _gathered(self, rows: np.ndarray, table, order: np.ndarray, batcher: Batcher, limit: int, url: str = ""):
         """Batches of `rows` (n, size) in `order`, at most `limit`: the partial batch left by the previous
         shard is topped up first, then each whole batch is one fancy-index gather (one copy). `table`:
         the rows' MemberTable (keys, looked up when batches carry keys or a row holds NaN/inf)."""
-        pos, shape, bs = 0, (self.batch_size, *self.spec.shape), self.batch_size
+        pos, bs = 0, self.batch_size
         order = order.copy() if self._screen else order  # a NaN/inf row's position takes a finite one's
         picked = (lambda a, b: table.keys_at(order[a:b])) if self.keys else (lambda a, b: None)
         if batcher.fill:
@@ -363,18 +273,10 @@ class ShardBatches(IterableDataset):
             for batch in batcher.add_rows(self._screened(rows[order[:pos]], rows, table, order, 0, url), picked(0, pos)):
                 limit -= 1
                 yield batch
-        if self._writer is not None and limit > 0 and pos + bs <= len(rows):
-            # Gathered straight into ring slots by torch (np.take into `out` is 100x slower on these strided rows).
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # rows is a read-only view of the shard buffer: only read
-                src, index = torch.from_numpy(rows), torch.from_numpy(order)
+        gather = self.handover.gatherer(rows) if limit > 0 and pos + bs <= len(rows) else None
         while limit > 0 and pos + bs <= len(rows):
             limit -= 1
-            if self._writer is None:
-                out = rows[order[pos:pos + bs]].reshape(shape)
-            else:
-                out = self._take_slot()
-                torch.index_select(src, 0, index[pos:pos + bs], out=torch.from_numpy(out).view(bs, -1))
+            out = self._built(gather, order[pos:pos + bs])
             yield self._screened(out, rows, table, order, pos, url), picked(pos, pos + bs)
             pos += bs
         if limit > 0 and pos < len(rows):
@@ -406,7 +308,7 @@ class ShardBatches(IterableDataset):
             for i, donor in replace(batch.reshape(len(batch), -1), bad, lambda i: (keys[i], urls[i]), self.nonfinite):
                 keys[i] = keys[donor]
 
-    def _padding(self, batcher: _Batcher, last: tuple, missing: int):
+    def _padding(self, batcher: Batcher, last: tuple, missing: int):
         """`missing` batches of real samples: the partial batch topped up from the last full one, or
         its own samples repeated; with nothing read at all, samples of any readable shard of the split.
         In a ring worker `last` is a slot that may have been filled again since it was handed over:
@@ -484,8 +386,12 @@ class ShardBatches(IterableDataset):
             if index + 1 >= piece.stop:
                 return
             wanted = index + 1 if want is None else next(want)
-        raise ShardError(f"holds {index + 1} '{self.sample_key}' samples, the index says "
-                         f"{self.counts[piece.shard]} (run `ae-train index` again)")
+        raise self._fewer(piece, index + 1)
+
+    def _fewer(self, piece: Piece, found: int) -> ShardError:
+        """A shard that holds fewer samples than its count (the index is stale)."""
+        return ShardError(f"holds {found} '{self.sample_key}' samples, the index says {self.counts[piece.shard]} "
+                          "(run `ae-train index` again)")
 
     def _open(self, piece: Piece, ahead: str | None) -> tuple[np.ndarray, object]:
         """float32 rows of the piece's samples that hold `sample_key`: (n, size), and their MemberTable."""
@@ -493,47 +399,16 @@ class ShardBatches(IterableDataset):
         log.debug(lf.OPENING.template, url, piece.start, piece.stop, self.counts[piece.shard])
         times = self.stage_times
         # Reads the next shard meanwhile.
-        buf = read_shard_ahead(local_path(url), local_path(ahead) if ahead else None, times)
+        buf = read_shard_ahead(url, ahead, times)
         t = time.perf_counter() if times is not None else 0.0
         members = sample_table(buf, self.sample_key)
         if len(members) < piece.stop:
-            raise ShardError(f"holds {len(members)} '{self.sample_key}' samples, the index says "
-                             f"{self.counts[piece.shard]} (run `ae-train index` again)")
+            raise self._fewer(piece, len(members))
         chosen = members[piece.start:piece.stop] if piece.keep is None else members.take(piece.keep)
         rows = gather_npy(buf, chosen, chosen.keys, self.spec.size)
         if times is not None:
             times.add("decode", time.perf_counter() - t)
         return rows, chosen
-
-
-def gather_npy(buf: bytes, members, keys, input_dim: int) -> np.ndarray:
-    """The .npy payloads of `members` (Members or a MemberTable) as a float32 (n, input_dim) array,
-    each header validated. When every header is the same and float32, the result is a read-only
-    strided view of `buf` (no copy: the batches gather their rows from it); other dtypes are
-    converted once. Mixed headers take the per-member path."""
-    n = len(members)
-    if n == 0:
-        return np.empty((0, input_dim), np.float32)
-    fast = uniform_npy_rows(buf, members, input_dim)
-    if fast is not None:
-        return fast
-    layouts = [npy_layout(buf, m) for m in members]
-    dtype, shape, _ = layouts[0]
-    for key, (dt, shp, _) in zip(keys, layouts):
-        size = int(np.prod(shp, dtype=np.int64))
-        if size != input_dim:
-            raise ShardError(f"sample {key}: array of shape {shp} has {size} values, model.input_dim is {input_dim}")
-        if dt.kind not in "fiub":
-            raise ShardError(f"sample {key}: dtype {dt} is not numeric")
-        if dt != dtype:
-            dtype = None  # mixed dtypes: one row at a time below
-    if dtype is not None:
-        offsets = np.fromiter((at for _, _, at in layouts), np.int64, n)
-        return npy_rows(buf, offsets, dtype, input_dim)
-    out = np.empty((n, input_dim), np.float32)
-    for i, (dt, _, at) in enumerate(layouts):
-        out[i] = np.frombuffer(buf, dt, input_dim, at)
-    return out
 
 
 def keys_at(url: str, sample_key: str, indices: list[int]) -> list[str]:

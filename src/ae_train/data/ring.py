@@ -1,4 +1,5 @@
-"""Batches cross from DataLoader workers through reused shared-memory slots, not a new segment each.
+"""The batch ring: batches cross from DataLoader workers through reused shared-memory slots, not a new
+segment each (handover.RingHandOver is how the reader and the loader use it).
 
 The stock DataLoader moves every batch through a fresh shared-memory segment (allocate, map, fault
 in, pass its file descriptor, unmap), a pickle and two queue hops with their feeder threads. Here the
@@ -12,13 +13,13 @@ epoch: no fork, first read and exit at each epoch's start): it waits for the ran
 each batch straight into it, writes the slot's number into its table and posts `ready`; at the end of
 the epoch it posts an end mark (or a failure mark before its exception propagates) and waits for the
 next round. A round the rank leaves early (a cut-short epoch) is abandoned: the workers see `abort`
-at their next slot, stop and report idle before the rank resets the ring for the next one. The DataLoader still
-does the control: worker processes, worker_init_fn, worker start/stop, the exception with the
-worker's traceback (the rank drains the DataLoader's iterator once a worker reports failure), dead
-workers (its SIGCHLD handler and the same is_alive check on each wait), clean shutdown. The rank
-takes batches in the DataLoader's order (round robin over the workers that have batches left) and
-wraps each slot as a tensor view: no pickle, no copy, no queue hop, no system call while the
-workers keep ahead.
+at their next slot, stop and report idle before the rank resets the ring for the next one. The
+DataLoader still does the control: worker processes, worker_init_fn, worker start/stop, the exception
+with the worker's traceback (the rank drains the DataLoader's iterator once a worker reports failure),
+dead workers (its SIGCHLD handler; the rank's waits also check the processes whose ids the workers
+wrote into the mapping), shutdown. The rank takes batches in the DataLoader's order (round robin over
+the workers that have batches left, from worker 0) and wraps each slot as a tensor view: no pickle,
+no copy, no queue hop, no system call while the workers keep ahead.
 
 A slot goes back to its worker when no tensor of the rank uses it any more: every hand-out gets its
 own storage over the slot's memoryview, so the memoryview's reference count says whether any view,
@@ -29,7 +30,7 @@ handed out as copies, so the worker always has a slot to fill and the two sides 
 other. With `pin`, the mapping is page-locked once (cudaHostRegister) so `.to(device,
 non_blocking=True)` is a real asynchronous copy; a slot whose views died is then freed after a CUDA
 event recorded on the current stream has passed (the copy from it was queued before), by a thread,
-so that the rank never blocks on the device.
+so that the rank never blocks on the device (pinned.py).
 
 With `key_bytes` (the sample ledger) each slot has a keys area beside it: the worker writes the
 batch's keys there (NUL-separated UTF-8, its length first) before publishing, and the rank hands out
@@ -39,7 +40,7 @@ Control words (int64, in the mapping): released[w, s] = the last hand-out of slo
 with (the worker counts its own, a slot is free when both agree; -1: still used from an earlier
 epoch), table[w, k] = the slot of the worker's k-th batch (mod slots + 1; -1 end, -2 failed), closed
 (the workers leave), abort (the round is abandoned), the round (number, epoch, batches to skip),
-done[w] = the last round worker w finished.
+done[w] = the last round worker w finished, pid[w] = its process.
 The semaphores order the writes (post releases, wait acquires), on any CPU.
 """
 from __future__ import annotations
@@ -48,9 +49,7 @@ import logging
 import mmap
 import multiprocessing
 import os
-import queue
 import sys
-import threading
 import time
 import weakref
 from typing import Iterable
@@ -60,6 +59,7 @@ import torch
 
 from .. import logformat as lf
 from ..batch import KeyedBatch
+from .pinned import Releaser, register, unregister
 
 log = logging.getLogger(__name__)
 PAGE = mmap.PAGESIZE
@@ -92,7 +92,7 @@ class SlotRing:
         self.slot_bytes = self.count * self.dtype.itemsize
         n, self._period = workers * slots, slots + 1
         table_end = n + workers * self._period
-        words = table_end + 5 + workers
+        words = table_end + 5 + 2 * workers
         self._stride, self._data_at = _round_up(self.slot_bytes), _round_up(words * 8)
         self.key_bytes = key_bytes  # keys area per slot (0: batches carry no keys)
         self._keys_at = self._data_at + n * self._stride
@@ -103,7 +103,8 @@ class SlotRing:
         self._released, self._table = ctrl[:n], ctrl[n:table_end].reshape(workers, self._period)
         self._closed, self._abort = ctrl[table_end:table_end + 1], ctrl[table_end + 1:table_end + 2]
         self._round = ctrl[table_end + 2:table_end + 5]  # number, epoch, batches of the epoch to skip
-        self._done = ctrl[table_end + 5:]  # per worker: the last round it finished
+        self._done = ctrl[table_end + 5:table_end + 5 + workers]  # per worker: the last round it finished
+        self._pids = ctrl[table_end + 5 + workers:]  # per worker: its process (0: not started yet)
         self._views = [memoryview(self._mm)[self._offset(i):self._offset(i) + self.slot_bytes] for i in range(n)]
         self._baseline = sys.getrefcount(self._views[0])  # the list's reference + getrefcount's argument
         self._given = [0] * n  # hand-outs of each slot in this epoch (the worker counts the same)
@@ -115,8 +116,8 @@ class SlotRing:
         self._go: list = []
         self._open = False  # a round was started and not every worker's end mark taken yet
         self._active = None  # weakref to the RingIterator of the round now
-        self._releaser: _Releaser | None = None
-        self.pinned = bool(pin and torch.cuda.is_available() and _register(self._address(), self.nbytes))
+        self._releaser: Releaser | None = None
+        self.pinned = bool(pin and torch.cuda.is_available() and register(self._address(), self.nbytes))
 
     def _offset(self, flat: int) -> int:
         return self._data_at + flat * self._stride
@@ -147,16 +148,10 @@ class SlotRing:
         """In a worker: its side of the ring."""
         return SlotWriter(self, worker)
 
-    def iterate(self, inner, epoch: int = 0, start: int = 0, fresh: bool = True) -> "RingIterator":
-        """In the rank: start a round (an epoch). `inner`: a function giving the DataLoader's own
-        iterator, which forks the workers when `fresh`; else the workers of an earlier round, idle.
-        `start`: batches of the epoch already trained (a resume; each worker skips its share), so the
-        first batch comes from worker start % workers, as in the uninterrupted epoch."""
-        return RingIterator(self, inner, epoch, start, fresh)
-
     def rounds(self, worker: int):
         """In a worker: (epoch, batches to skip) of each round the rank starts, until it closes the ring."""
         parent, go = os.getppid(), self._go[worker]
+        self._pids[worker] = os.getpid()
         while True:
             while not go.acquire(timeout=POLL_S):
                 if self._closed[0]:
@@ -171,14 +166,25 @@ class SlotRing:
 
     def stop_workers(self, inner) -> None:
         """The workers leave their rounds (they are idle, or abandon the one under way), then the
-        DataLoader stops them as it stops any workers."""
+        DataLoader stops them as it stops its workers at the end of an epoch (`inner`: its iterator;
+        there is no public way to stop them at once)."""
         self._closed[0] = 1
         self._open = False
         for go in self._go:  # idle workers wake now, not at their next poll
             go.release()
-        shutdown = getattr(inner, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        inner._shutdown_workers()
+
+    def dead_workers(self) -> list[int]:
+        """The processes of workers that started and have exited (or were reaped by the DataLoader)."""
+        dead = []
+        for pid in self._pids.tolist():
+            if pid > 0:
+                try:
+                    if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                        dead.append(pid)
+                except ChildProcessError:  # reaped already: gone
+                    dead.append(pid)
+        return dead
 
     # ---- the rank's side ----
     def _begin(self, it: "RingIterator", epoch: int, skip: int, fresh: bool) -> None:
@@ -202,7 +208,7 @@ class SlotRing:
             self._ready = [ctx.Semaphore(0) for _ in range(self.workers)]
             self._free = [ctx.Semaphore(self.slots - busy[w]) for w in range(self.workers)]
             self._go = [ctx.Semaphore(0) for _ in range(self.workers)]
-            self._round[0], self._done[:] = 0, 0
+            self._round[0], self._done[:], self._pids[:] = 0, 0, 0
         else:  # the same workers, idle: the counts of the new round
             for w in range(self.workers):
                 _drain(self._ready[w])
@@ -240,7 +246,7 @@ class SlotRing:
             self._live[flat // self.slots] -= 1
             if self.pinned and torch.cuda.is_initialized():
                 if self._releaser is None:
-                    self._releaser = _Releaser(self)
+                    self._releaser = Releaser(self._release)
                 self._releaser.after_event(flat, given)
             else:
                 self._release(flat, given)
@@ -274,7 +280,7 @@ class SlotRing:
             self._releaser.stop()
             self._releaser = None
         if self.pinned:
-            self.pinned = not _unregister(self._address())
+            self.pinned = not unregister(self._address())
 
     def __del__(self):
         try:
@@ -363,17 +369,19 @@ class SlotWriter:
 
 class RingIterator:
     """The rank's iterator over one round: batches from the workers' slots as tensor views, in the
-    DataLoader's order. `inner` (the DataLoader's own iterator, whose workers serve every round) is
-    kept by the caller for the next round."""
+    DataLoader's order. `inner`: the DataLoader's own iterator, whose workers serve every round (the
+    hand-over keeps it for the next round); `own()` makes it, forking the workers, when none serve."""
 
-    def __init__(self, ring: SlotRing, inner, epoch: int, start: int, fresh: bool):
-        self._ring = ring
-        self.inner = None if fresh else inner()  # the workers of the earlier rounds, idle
-        ring._begin(self, epoch, start, fresh)
-        if fresh:
-            self.inner = inner()  # forks the workers; each waits for its rounds in its first fetch
+    def __init__(self, handover, own, epoch: int, skip: int):
+        ring = handover.ring
+        self._handover, self._ring = handover, ring
+        self._own = own  # holds the loader: its workers are not stopped while this iterator lives
+        self.inner = handover.inner  # the workers of the earlier rounds, idle (None: none yet)
+        ring._begin(self, epoch, skip, fresh=self.inner is None)
+        if self.inner is None:
+            self.inner = handover.inner = own()  # forks the workers; each waits for its rounds in its first fetch
         self._left = list(range(ring.workers))  # workers with batches left, in turn order
-        self._turn = start % ring.workers
+        self._turn = 0
         self._taken = [0] * ring.workers
 
     def __iter__(self):
@@ -407,16 +415,20 @@ class RingIterator:
         return int(self._ring._table[worker, k % self._ring._period])
 
     def _check_alive(self) -> None:
-        dead = [w for w in getattr(self.inner, "_workers", ()) if not w.is_alive()]
+        dead = self._ring.dead_workers()
         if dead:  # the DataLoader's own words (its SIGCHLD handler usually raises first)
-            raise RuntimeError(f"DataLoader worker (pid(s) {', '.join(str(w.pid) for w in dead)}) exited unexpectedly")
+            self._handover.close()
+            raise RuntimeError(f"DataLoader worker (pid(s) {', '.join(map(str, dead))}) exited unexpectedly")
 
     def _raise_failure(self) -> None:
         """A worker failed: stop the others, then let the DataLoader raise the worker's exception."""
         self._ring._closed[0] = 1
         self._ring._open = False
-        for _ in self.inner:  # the other workers end quietly; the failed one's exception is raised here
-            pass
+        try:
+            for _ in self.inner:  # the other workers end quietly; the failed one's exception is raised here
+                pass
+        finally:
+            self._handover.close()
         raise RuntimeError("a DataLoader worker failed without an exception")
 
     def _finish(self):
@@ -428,60 +440,6 @@ class RingIterator:
         raise StopIteration
 
 
-class _Releaser:
-    """Frees pinned slots once the device has copied from them: waits on CUDA events in a thread."""
-
-    def __init__(self, ring: SlotRing):
-        self._ring, self._queue = ring, queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="ae-train-ring-releaser", daemon=True)
-        self._thread.start()
-
-    def after_event(self, flat: int, given: int) -> None:
-        event = torch.cuda.Event()
-        event.record()  # on the current stream: after the copy of this slot to the device
-        self._queue.put((event, flat, given))
-
-    def drain(self) -> None:
-        done = threading.Event()
-        self._queue.put(done)
-        done.wait()
-
-    def stop(self) -> None:
-        self._queue.put(None)
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            event, flat, given = item
-            event.synchronize()  # releases the GIL
-            self._ring._release(flat, given)
-
-
 def _drain(sem) -> None:
     while sem.acquire(False):
         pass
-
-
-def _register(address: int, nbytes: int) -> bool:
-    """Page-lock the ring once, so that copies from it to the device run asynchronously."""
-    try:
-        err = torch.cuda.cudart().cudaHostRegister(address, nbytes, 0)
-    except Exception as e:  # no CUDA runtime bindings: copies stay synchronous
-        log.warning(lf.RING_PIN_FAILED.template, nbytes >> 20, e)
-        return False
-    if int(err) != 0:
-        log.warning(lf.RING_PIN_FAILED.template, nbytes >> 20, f"cudaHostRegister error {err}")
-        return False
-    return True
-
-
-def _unregister(address: int) -> bool:
-    try:
-        return int(torch.cuda.cudart().cudaHostUnregister(address)) == 0
-    except Exception:
-        return False

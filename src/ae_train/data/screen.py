@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 from .. import logformat as lf
+from .tario import ShardError
 
 log = logging.getLogger(__name__)
 # The squares of huge (finite) values overflow in the check: expected, and told apart below.
@@ -53,7 +54,6 @@ def replace(batch: np.ndarray, bad: np.ndarray, name, counter, spare=None) -> li
             batch[i] = spare[k % len(spare)]
             donor_key = "a sample read before"
         else:
-            from .tario import ShardError
             raise ShardError(f"every sample of a batch holds NaN or inf (sample {key})")
         log.warning(lf.NONFINITE_SAMPLE.template, key, shard, donor_key)
         pairs.append((i, donor))

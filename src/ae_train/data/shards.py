@@ -19,13 +19,13 @@ from contextlib import contextmanager
 
 from .. import logformat as lf
 from ..logs import HEARTBEAT
-from .stream import count_stream
-from .tario import ShardError, count_file
-from .urls import INDEX_NAME, DataError, beside, is_compressed, list_shards, local_path, read_small, shard_name, \
-    write_small
+from .source import open_shard, read_small
+from .stream import iter_samples
+from .tario import ShardError, group_samples, iter_members
+from .urls import INDEX_NAME, DataError, beside, is_compressed, list_shards, local_path, shard_name, write_small
 
 __all__ = ["INDEX_NAME", "COUNTS_ENV", "DataError", "list_shards", "sample_counts", "write_index", "error_limit",
-           "count_shard", "reason", "reading", "reads_in_flight"]
+           "count_shard", "count_stream", "reason", "reading", "reads_in_flight"]
 
 log = logging.getLogger(__name__)
 COUNTS_ENV = "AE_TRAIN_SHARD_COUNTS"  # file of counts and sample specs the launcher resolved once for all ranks
@@ -100,7 +100,8 @@ def reads_in_flight() -> list[tuple[str, float]]:
 
 
 def count_shard(url: str) -> dict:
-    """Count one shard now: a header scan with seeks for a local plain tar, else a streamed read."""
+    """Count one shard now, its index entry: a header scan with seeks for a local plain tar, else a
+    streamed read."""
     with reading(url):
         return _count_shard(url)
 
@@ -108,11 +109,42 @@ def count_shard(url: str) -> dict:
 def _count_shard(url: str) -> dict:
     path = local_path(url)
     if path is not None and not is_compressed(url) and os.path.isfile(path):
-        return count_file(path)
+        return _count_headers(url)
     entry = count_stream(url)
     if path is not None:
         entry["bytes"] = os.path.getsize(path)
     return entry
+
+
+def _count_headers(url: str) -> dict:
+    """A local plain tar: its headers read with seeks, no member data."""
+    with open_shard(url) as f:
+        total = os.fstat(f.fileno()).st_size
+
+        def read(off: int, n: int) -> bytes:
+            f.seek(off)
+            return f.read(n)
+        samples = group_samples(iter_members(read, total))
+    return {"bytes": total, **_tally(parts for _, parts in samples)}
+
+
+def count_stream(url: str) -> dict:
+    """The samples per extension of a shard read as a stream (no member kept)."""
+    stream = open_shard(url)
+    try:
+        return _tally(parts for _, parts in iter_samples(stream, want=set()))
+    finally:
+        stream.close()
+
+
+def _tally(samples) -> dict:
+    exts: dict[str, int] = {}
+    n = 0
+    for parts in samples:
+        n += 1
+        for ext in parts:
+            exts[ext] = exts.get(ext, 0) + 1
+    return {"samples": n, "exts": exts}
 
 
 def _known_entry(url: str, index: dict, known: dict) -> dict | None:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .. import logformat as lf
-from ..config import Config, ConfigError, DataConfig, ModelConfig
+from ..config import Config, DataConfig, ModelConfig
+from ..errors import ConfigError
 from . import preprocess
 from .decode import SampleSpec, decode, decode_into, decoder_of, spec_of
 from .remote import set_retry_policy

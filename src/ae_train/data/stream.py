@@ -1,18 +1,19 @@
 """The streaming tar walk: samples of a shard read front to back from any byte stream, gzip or not.
 
 For shards that are remote, compressed, or too large to hold whole (data.buffer_mb): memory is one
-read chunk, the member being read, and what the caller keeps. The headers follow the same rules as
-the in-memory walk in tario.py (checksums, GNU long names, pax records) and raise the same
-ShardError texts; samples are grouped by WebDataset's key rule (`split_key`).
+read chunk, the member being read, and what the caller keeps. Headers are read by tario.py, as the
+generic walk reads them (checksums, GNU long names, pax records), and a damaged tar is the same
+ShardError text; samples are grouped by WebDataset's key rule (`split_key`). Only the stream's own
+failures are worded here: a broken gzip stream, an empty one.
 """
 from __future__ import annotations
 
 import zlib
 from typing import Iterator
 
-from .tario import _ZERO_BLOCK, BLOCK, ShardError, _check_header, _octal, _pax_fields, _REGULAR, member_name_size, \
-    split_key
-from .urls import open_url
+from .tario import BLOCK, END_BLOCK, NAME_HEADERS, REGULAR, NameHeaders, ShardError, incomplete_header, padded, \
+    read_header, split_key, truncated
+from .source import open_shard
 
 CHUNK = 1 << 20
 
@@ -97,73 +98,52 @@ def iter_samples(stream, want: set[str] | None = None) -> Iterator[tuple[str, di
     """(key, {ext: data}) per sample in tar order. Data is kept for the extensions in `want` (all when
     None) and None for the others, which are skipped over without a copy."""
     src = _Bytes(stream)
-    at, long_name, pax = 0, None, {}
+    at, names = 0, NameHeaders()
     key, parts = None, {}
     while True:
         block = src.take(BLOCK)
         if len(block) < BLOCK:
             if block:
-                raise ShardError(f"truncated tar: incomplete header at byte {at}")
-            if at == 0 and key is None:
+                raise incomplete_header(at)
+            if at == 0:
                 raise ShardError("empty stream: not a tar file (0 bytes)")
             break  # a tar without its end-of-archive marker: what a cut stream looks like, accepted as tar does
-        if block == _ZERO_BLOCK:
+        if block == END_BLOCK:
             break
-        _check_header(block, at)
-        size = _octal(block[124:136], "size", at)
-        kind = block[156:157]
-        padded = (size + BLOCK - 1) // BLOCK * BLOCK
-        if kind == b"L" or kind == b"x":
-            data = src.take(padded)
-            if len(data) < padded:
-                raise ShardError(f"truncated tar: member at byte {at} needs {size} bytes, the stream ends first")
-            if kind == b"L":
-                long_name = data[:size].rstrip(b"\0").decode("utf-8", "replace")
-            else:
-                pax = _pax_fields(data[:size])
-        elif kind in _REGULAR:
-            name, size = member_name_size(block, size, long_name, pax)
-            padded = (size + BLOCK - 1) // BLOCK * BLOCK
-            long_name, pax = None, {}
+        kind, size = read_header(block, at)
+        data_at = at + BLOCK
+        if kind in REGULAR:
+            name, size = names.member(block, size)
             k, ext = split_key(name)
             if want is None or ext in want:
-                data = src.take(padded)
+                data = src.take(padded(size))
                 got = len(data)
                 data = data[:size]
             else:
-                got, data = src.skip(padded), None
-            if got < padded and got < size:
-                raise ShardError(f"truncated tar: member {name} needs {size} bytes, the stream ends first")
+                got, data = src.skip(padded(size)), None
+            if got < size:
+                raise truncated(name, size, data_at + got)
             if k != key:
                 if key is not None:
                     yield key, parts
                 key, parts = k, {}
             parts[ext] = data
+        elif kind in NAME_HEADERS:
+            data = src.take(padded(size))
+            if len(data) < size:
+                raise truncated(f"at byte {at}", size, data_at + len(data))
+            names.add(kind, data[:size], at)
         else:
-            long_name, pax = None, {}
-            if src.skip(padded) < size:
-                raise ShardError(f"truncated tar: member at byte {at} needs {size} bytes, the stream ends first")
-        at += BLOCK + padded
+            names.clear()
+            got = src.skip(padded(size))
+            if got < size:
+                raise truncated(f"at byte {at}", size, data_at + got)
+        at = data_at + padded(size)
     if key is not None:
         yield key, parts
 
 
 def open_samples(url: str, want: set[str] | None = None):
     """(stream, samples iterator) of a shard URL; close the stream when done."""
-    stream = open_url(url)
+    stream = open_shard(url)
     return stream, iter_samples(stream, want)
-
-
-def count_stream(url: str) -> dict:
-    """The shard index entry of a shard read as a stream: samples per extension and bytes read."""
-    stream = open_url(url)
-    try:
-        exts: dict[str, int] = {}
-        samples = 0
-        for _, parts in iter_samples(stream, want=set()):
-            samples += 1
-            for ext in parts:
-                exts[ext] = exts.get(ext, 0) + 1
-    finally:
-        stream.close()
-    return {"samples": samples, "exts": exts}

@@ -12,7 +12,7 @@ import bisect
 
 import numpy as np
 
-from .tario import BLOCK, Member, _entries, group_samples, members_of_buffer, split_key
+from .tario import BLOCK, Member, group_samples, members_of_buffer, split_key, walk
 from .tarlanes import NotRegular
 from .tartemplate import Template
 
@@ -53,7 +53,7 @@ def _walk_groups(buf: bytes, pos: int, k: int, detail: bool = True) -> list[Grou
     read = lambda off, n: buf[off:off + n]  # noqa: E731
     fresh, chain, groups = pos, [], []
     g = None
-    for hpos, kind, member, nxt in _entries(read, len(buf), pos):
+    for hpos, kind, member, nxt in walk(read, len(buf), pos):
         if member is not None:
             key, ext = split_key(member.name)
             if g is None or key != g.key:
@@ -112,7 +112,7 @@ _BLOCK_ROWS = 2048  # rows checked per numpy pass: their headers stay in cache b
 
 def _vectorize(buf: bytes, g: Group) -> _Rows | None:
     try:
-        t = Template(buf, g)
+        t = Template(buf, g.base, g.end, g.entries)
     except NotRegular:
         return None
     limit, i0, m, prev, n = t.max_rows(), 0, 32, None, None

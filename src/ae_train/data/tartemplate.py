@@ -1,6 +1,7 @@
 """The layout of one sample and the numpy checks that prove later samples share it (tarscan's fast path).
 
-`Template(buf, group)` is built from the header chain of one sample walked by the generic reader:
+`Template(buf, base, end, entries)` is built from the header chain of one sample walked by the generic
+walk (tario.walk; `entries`: its (header position, typeflag, member) from `base` to `end`):
 per header the bytes that must stay as in that sample (typeflag, name but for its key part, ustar
 prefix), its checksum and size fields; per pax or GNU long-name data region the bytes that must
 match. `check(i0, m, ...)` then runs the generic walk's rules over m samples at once, `stride` bytes
@@ -8,19 +9,14 @@ apart, with the lane arithmetic of tarlanes.py. A layout it does not handle rais
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from . import tarlanes as tl
-from .tario import BLOCK, Member, _octal, split_key
-
-if TYPE_CHECKING:
-    from .tarscan import Group
+from .tario import BLOCK, Member, octal, split_key
 
 
 def pax_layout(data: bytes):
-    """_pax_fields with positions: [(start, space, key, value start, value end)], or None if unusual."""
+    """tario.pax_fields with positions: [(start, space, key, value start, value end)], or None if unusual."""
     recs, pos = [], 0
     while pos < len(data):
         space = data.find(b" ", pos)
@@ -39,19 +35,19 @@ def pax_layout(data: bytes):
 
 
 class Template:
-    """The layout of one sample (a Group) and the per-row checks that prove a later sample has it.
+    """The layout of one sample and the per-row checks that prove a later sample has it.
 
     Built from the sample's header chain: per header what must stay as in row 0 (`_header`), per pax
     or long-name data region the bytes that must match (`_pax_region`, `_long_name_region`), per member
     where its key part lies (`_name_of`); `check` then runs the same checks over many rows at once."""
 
-    def __init__(self, buf: bytes, g: "Group"):
-        self.buf, self.base, self.stride = buf, g.base, g.end - g.base
+    def __init__(self, buf: bytes, base: int, end: int, entries: list[tuple[int, bytes, Member | None]]):
+        self.buf, self.base, self.stride = buf, base, end - base
         self.heads, self.datas = [], []  # per header / per checked L or x data region
         self.names, self.members = [], []  # per member: (row offset of key part, its width, name); (ext, header)
         extent, pax_path, long_name = 0, None, None
-        for hpos, kind, member in g.entries:
-            h = self._header(buf, hpos, hpos - g.base, member)
+        for hpos, kind, member in entries:
+            h = self._header(buf, hpos, hpos - base, member)
             data = bytes(buf[hpos + BLOCK:hpos + BLOCK + h["size"]])
             if kind == b"x":
                 pax_path = self._pax_region(h, data)
@@ -81,7 +77,7 @@ class Template:
         """Header at hpos (rel: its offset in a row): row 0's words, the bytes that must stay (`req`:
         the typeflag; the name's bytes are added by _name_of), its checksum and size fields."""
         head = bytes(buf[hpos:hpos + BLOCK])
-        size = _octal(head[124:136], "size", hpos)
+        size = octal(head[124:136], "size", hpos)
         req = np.zeros(BLOCK, bool)
         req[156] = True  # typeflag
         h = dict(rel=rel, block=head, row0=np.frombuffer(head, np.uint64).copy(), req=req, size=size,

@@ -1,4 +1,4 @@
-"""Shard URLs: which shards a spec names, and a byte stream for each, whatever the scheme.
+"""Shard URLs: which shards a spec names, and the names of the files beside them.
 
 A spec is a local path (brace pattern, glob, directory, a shard, or a text file listing one shard
 per line), or a URL: `file:`, `pipe:CMD` (the command's stdout), `http(s)://` (curl, as webdataset
@@ -6,9 +6,9 @@ reads them), `s3://` (boto3, honouring AWS_ENDPOINT_URL, keys and region), `gs:/
 other scheme webdataset's `gopen` knows. Brace patterns expand on every form; a URL is never taken
 for a glob (a presigned URL's `?` is a query). Shards may be gzip-compressed (`.tar.gz`, `.tgz`).
 
-Every opener reports failure as OSError whose text says why: the HTTP status, a command's exit code
-and the last line it wrote to stderr, the S3 error code. Remote reads retry transient failures and
-resume where the stream broke (remote.py: the one place for it, used by counting, probing and reading).
+A shard's bytes are opened in source.py (local files) and remote.py (every other scheme), whose
+failures are OSError saying why: the HTTP status, a command's exit code and the last line it wrote
+to stderr, the S3 error code.
 """
 from __future__ import annotations
 
@@ -19,14 +19,11 @@ from urllib.parse import unquote, urlparse
 
 from braceexpand import UnbalancedBracesError, braceexpand
 
-from .remote import open_remote, s3_client, s3_reason
+from ..errors import DataError
+from .remote import s3_client, s3_reason
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 INDEX_NAME = "ae_index.json"
-
-
-class DataError(ValueError):
-    """Bad data configuration: one line naming the key and the files."""
 
 
 def is_url(spec: str) -> bool:
@@ -133,16 +130,7 @@ def _list_shards(spec: str, key: str) -> list[str]:
     return urls
 
 
-# ---- Opening ---------------------------------------------------------------------------------------
-
-
-def open_url(url: str):
-    """A binary stream of the shard's bytes (still compressed if it is), by scheme; remote ones retry
-    transient failures and resume where they broke (remote.py)."""
-    path = local_path(url)
-    if path is not None:
-        return open(path, "rb")
-    return open_remote(url)
+# ---- Names beside a shard ------------------------------------------------------------------------
 
 
 def beside(url: str, name: str) -> str | None:
@@ -169,16 +157,6 @@ def shard_name(url: str) -> str:
                 return tok.strip("'\"").rsplit("/", 1)[-1]
         return url
     return url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-
-
-def read_small(url: str, limit: int = 64 << 20) -> bytes:
-    """A whole small file (an index) through the same opener; OSError when it is not there."""
-    with open_url(url) as f:
-        data = f.read(limit + 1)
-        if len(data) > limit:
-            raise OSError(f"{url}: larger than {limit >> 20} MB")
-        rest = f.read()
-        return data + rest if rest else data
 
 
 def write_small(url: str, data: bytes) -> None:

@@ -24,7 +24,7 @@ from .. import logformat as lf
 from ..config import Config, to_yaml
 from ..data import splits
 from ..data.resume import OrderState, mismatch, shards_digest
-from ..data.shards import COUNTS_ENV, DataError, list_shards
+from ..data.shards import COUNTS_ENV, list_shards
 from ..errors import ConfigError
 from ..exitcodes import PREEMPTED, STOPPED_ON_PURPOSE, ExitCode, stopped_by
 from ..rundir import RunDir
@@ -198,7 +198,7 @@ def _slow_checks(cfg: Config, run: RunDir, listed: dict[str, list[str]], ts: str
             lightning_args.build(cfg.trainer.callbacks, "trainer.callbacks")
             lightning_args.build(cfg.trainer.logger, "trainer.logger", {"save_dir": cfg.output_dir})
             resolve_devices(cfg)
-    except (ConfigError, DataError) as e:
+    except ConfigError as e:  # DataError is the same type
         log.error("%s", e, extra=logs.FILE_ONLY)
         logs.release_console(show=False)
         e.logged = True
