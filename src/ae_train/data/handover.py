@@ -9,7 +9,8 @@ iterator. The reader and the loader know nothing else of the way chosen:
   two queue hops; its workers are forked for each epoch and serve that one;
 - `RingHandOver`, the batch ring's (ring.py; the default with forked workers): a worker builds each
   batch straight into a reused shared-memory slot and the rank takes it as a tensor view; the workers
-  are forked once and serve every epoch the rank starts.
+  are forked once and serve every epoch the rank starts, in rounds inside the DataLoader's first fetch
+  (ring.py says why rounds and not `persistent_workers`).
 
 Either way the rank takes batch i of an epoch's iterator from worker i % K, the DataLoader's order.
 An epoch resumed after `skip` of its batches were trained goes on in the same data order: worker w

@@ -21,6 +21,18 @@ wrote into the mapping), shutdown. The rank takes batches in the DataLoader's or
 the workers that have batches left, from worker 0) and wraps each slot as a tensor view: no pickle,
 no copy, no queue hop, no system call while the workers keep ahead.
 
+Why rounds and not the DataLoader's `persistent_workers` (issue 21's trial, bench/handover_trial.py,
+docs/BENCHMARKS.md): kept workers resumed at each `iter(loader)`, each `__iter__` reading the epoch
+and skip from this mapping, were as fast (within the noise of a shared 2-core machine) but not
+simpler. Stopping them still needs torch's private `_MultiProcessingDataLoaderIter._shutdown_workers`
+(torch 2.13 has no public way; rounds need the same one call, `stop_workers`), and with
+`persistent_workers` Lightning's fit-loop teardown calls it itself (`CombinedLoader.reset` via
+`loader._iterator`), before the DataModule's `teardown` can close the ring: a worker blocked on a full
+slot after an epoch cut short cannot see the DataLoader's `done_event` (not given to dataset code), so
+each join waits out MP_STATUS_CHECK_INTERVAL (5 s) and the worker is killed: 10 s measured with 2
+workers at the end of every run stopped mid-epoch, unless yet another mechanism aborts the round
+first. With rounds, `persistent_workers=False` leaves Lightning nothing to stop.
+
 A slot goes back to its worker when no tensor of the rank uses it any more: every hand-out gets its
 own storage over the slot's memoryview, so the memoryview's reference count says whether any view,
 however derived, is still alive (Lightning's prefetcher holds one batch ahead; a callback may keep
