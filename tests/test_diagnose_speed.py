@@ -219,7 +219,7 @@ def test_diagnose_speed_slow_after_the_step_is_waited_for_in_backward_not_data(r
     assert f["message"].startswith("Rank 0's time outside forward, backward and optimizer")
     # Rank 1 waits for rank 0 at the next step's start (before fetching its batch): that is not data wait.
     split0, split1 = rep["ranks"][0]["time_split"], rep["ranks"][1]["time_split"]
-    assert split1["backward"] > split0["backward"] + 30 and split1["data_wait"] < 30
+    assert split1["backward"] > 2 * split0["backward"] and split1["data_wait"] < split1["backward"]
     assert "input_straggler" not in [x["kind"] for x in rep["findings"]]
 
 

@@ -3,6 +3,8 @@ any number of trained batches goes on with the batches of the uninterrupted epoc
 as through the DataLoader's own hand-over (worker w serves plan worker (w + skip) % K either way)."""
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,23 @@ def test_handover_a_resumed_epoch_goes_on_with_the_same_batches_both_ways(shards
         assert len(resumed) == len(full) - skip
         for a, b in zip(full[skip:], resumed):
             np.testing.assert_array_equal(a, b)
+
+
+class _PlanningFails(ShardBatches):
+    def _plan_for(self, epoch: int) -> None:
+        raise RuntimeError("no plan for this worker")
+
+
+@pytest.mark.parametrize("ring_slots", [0, None])
+def test_handover_a_worker_failing_before_its_first_batch_fails_the_epoch_both_ways(shards, ring_slots):
+    ds = _PlanningFails(shards, SIZES, "train_shards", "x.npy", 16, 8, 3, 0, 1, 5, True, 1)
+    loader = EpochDataLoader(ds, lambda: (0, 0), ring_slots=ring_slots, batch_size=None, num_workers=2,
+                             multiprocessing_context="fork")
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the rank waits for a worker that failed"))
+    signal.alarm(60)
+    try:
+        with pytest.raises(RuntimeError, match="no plan for this worker"):
+            list(loader)  # the worker's exception, with its traceback, not a wait that never ends
+    finally:
+        signal.alarm(0)
+        loader.close()

@@ -166,11 +166,16 @@ class ShardBatches(IterableDataset):
             logs.set_worker(worker, num)
             log.info(lf.WORKER_STARTED.template, os.getpid())
         for epoch, skip_batches in self.handover.epochs(worker, self.epoch, self.skip_batches):
-            self._plan_for(epoch)
-            plan_worker, skip = serves(worker, num, skip_batches)
-            if skip:
-                log.info(lf.RESUME_SKIP.template, self.epoch, skip)
-            yield from self.handover.send(self._kept(self._timed(self._worker_batches(plan_worker)), skip))
+            # Planning runs inside send: a failure there reaches the rank as this worker's failure (the ring
+            # marks it), not as a worker that never publishes.
+            yield from self.handover.send(self._epoch_batches(epoch, worker, num, skip_batches))
+
+    def _epoch_batches(self, epoch: int, worker: int, num: int, skip_batches: int):
+        self._plan_for(epoch)
+        plan_worker, skip = serves(worker, num, skip_batches)
+        if skip:
+            log.info(lf.RESUME_SKIP.template, self.epoch, skip)
+        yield from self._kept(self._timed(self._worker_batches(plan_worker)), skip)
 
     def _timed(self, batches):
         return batches if self.stage_times is None else self.stage_times.timed_iter("batches", batches)
