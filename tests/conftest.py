@@ -20,6 +20,19 @@ from ae_train.data.make import synthetic, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
+
+# pytest -n 2 (pyproject's addopts) runs two test files at a time (--dist loadgroup, a group per file):
+# the files that share an expensive session fixture (a real run) share a group, so it is made once.
+SHARED_RUNS = {name: group for group, names in {
+    "runs": ("test_docs", "test_reconstructions", "test_train", "test_use", "test_watchdog"),  # debug/image/error/hang
+    "elastic_runs": ("test_last_checkpoint", "test_ledger", "test_resume"),
+}.items() for name in names}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.path.stem
+        item.add_marker(pytest.mark.xdist_group(SHARED_RUNS.get(module, module)))
 DIM = 16
 BS = 8
 EPOCHS = 2
