@@ -29,6 +29,7 @@ SHARED_RUNS = {name: group for group, names in {
 }.items() for name in names}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks into the test ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.path.stem
