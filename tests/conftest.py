@@ -173,12 +173,27 @@ def logs(tmp_path: Path) -> Path:
     return d
 
 
-def start(out: Path, *flags: str) -> subprocess.Popen:
+class Background(subprocess.Popen):
+    """A live run whose console goes to a file: a pipe nobody reads while the test waits for log lines
+    fills up (the launcher's stack dumps on a slow start are tens of kB) and would block the run."""
+
+    def __init__(self, cmd: list[str], console: Path, **kwargs):
+        self.console_file = open(console, "w+")
+        super().__init__(cmd, stdout=self.console_file, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+    def communicate(self, input=None, timeout=None):
+        self.wait(timeout=timeout)
+        self.console_file.seek(0)
+        return self.console_file.read(), None
+
+
+def start(out: Path, *flags: str) -> Background:
     """`ae-train fit` in the background, for tests that signal or inspect a live run."""
     cmd = [sys.executable, "-m", "ae_train", "fit", f"--output_dir={out}", "--trainer.accelerator=cpu",
            "--trainer.devices=2", f"--model.input_dim={DIM}", "--model.latent_dim=4", "--model.hidden_dims=32", *flags]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Background(cmd, out.parent / f"{out.name}.console.txt", env=env, cwd=ROOT)
 
 
 def wait_for(path_glob: Path, pattern: str, timeout: float) -> None:
