@@ -38,7 +38,7 @@ class DataConfig:
     max_shard_errors: float = 0.1
     """Unreadable shards tolerated per epoch: a fraction of the epoch's shards when below 1, else a count."""
     buffer_mb: int = 256
-    """Local uncompressed `.npy` shards up to this size are read whole into a reused buffer (the fast
+    """Local uncompressed `.npy` shards up to this size are read whole into memory (the fast
     path; a worker holds two: one read, one read ahead). Larger shards, and every remote or
     compressed one, are streamed."""
     ring_slots: int = -1

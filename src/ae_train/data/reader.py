@@ -8,7 +8,7 @@ built and how it reaches the rank is the hand-over's (handover.py: the DataLoade
 batch ring's reused shared slots); the reader is the same for both.
 
 Two ways to read a shard. The fast path, for local uncompressed `.npy` shards no larger than
-data.buffer_mb: the whole file in one reused buffer (source.py; the next one read ahead), its members
+data.buffer_mb: the whole file in memory, read in one call (source.py; the next one read ahead), its members
 found by the vectorised tar scan (tarscan.py), its rows gathered from one view (npyrows.py).
 Everything else streams (stream.py): any URL, gzip, images, shards over the size limit; memory is one
 read chunk, the raw members of the shuffle buffer and the batch being filled. Either way the samples

@@ -2,9 +2,9 @@
 
 One non-finite input poisons the model: its loss, then through the gradient all-reduce every weight on
 every rank, then every checkpoint. So each float batch is checked where a worker just filled it, in
-one pass: the dot product of the batch with itself is finite exactly when every value is, unless the
-squares overflow (values beyond 1.8e19), which the row check below tells apart. Only a batch that
-fails is looked at row by row. A bad sample is left out: its row takes a copy of a finite sample of
+one pass of `np.isfinite` (a dot product of the batch with itself, finite when every value is, was
+measured against it in bench/hand_written.py: 1.16x alone, 0.96x-1.02x end to end, so the plain check
+stays). Only a batch that fails is looked at row by row. A bad sample is left out: its row takes a copy of a finite sample of
 the same batch (batch counts stay equal on every rank), a WARNING names its key and shard, and it is
 counted for the epoch summary; data.max_shard_errors is not touched (one bad sample is not a bad shard).
 uint8 images cannot hold either and are not checked.
@@ -12,7 +12,6 @@ uint8 images cannot hold either and are not checked.
 from __future__ import annotations
 
 import logging
-import warnings
 
 import numpy as np
 
@@ -20,16 +19,11 @@ from .. import logformat as lf
 from .tario import ShardError
 
 log = logging.getLogger(__name__)
-# The squares of huge (finite) values overflow in the check: expected, and told apart below.
-warnings.filterwarnings("ignore", message="overflow encountered in dot", category=RuntimeWarning)
 
 
 def finite(batch: np.ndarray) -> bool:
-    """Whether every value of a (contiguous) float batch is finite, almost always in one BLAS pass."""
-    flat = batch.reshape(-1)
-    if np.isfinite(np.dot(flat, flat)):
-        return True
-    return bool(np.isfinite(flat).all())  # the squares overflowed, or a value is NaN/inf
+    """Whether every value of a float batch is finite."""
+    return bool(np.isfinite(batch).all())
 
 
 def bad_rows(batch: np.ndarray) -> np.ndarray:
