@@ -76,7 +76,8 @@ def read_header(block: bytes, at: int) -> tuple[bytes, int]:
         stored = -1
     if stored < 0:
         raise ShardError(f"not a tar file or corrupt header at byte {at} (no checksum)")
-    # The sum of every byte with the checksum field read as spaces (numpy: 20x a Python sum here).
+    # The sum of every byte with the checksum field read as spaces. numpy takes half a Python sum's time on
+    # the memoryview blocks the generic walk reads (2.7 vs 5.2 us), the same on bytes (the streamed walk).
     actual = int(np.frombuffer(block, np.uint8).sum(dtype=np.int64)) - sum(block[148:156]) + 8 * 32
     if stored != actual:
         raise ShardError(f"not a tar file or corrupt header at byte {at} (checksum mismatch)")
