@@ -229,7 +229,7 @@ def main() -> int:
           f" (+ .txt, .json) in plain .tar; {a.size}x{a.size} RGB, batch {a.batch}, {a.workers} workers")
     us = per_image(sample[:300], a.size)
     print(f"\n1. CPU per image, one process: full decode + resize + crop {us['full']:,.0f} us; Pillow draft + one "
-          f"resize {us['draft']:,.0f} us ({us['full'] / us['draft']:.2f}x); ours, simplejpeg n/8 + one resize "
+          f"resize {us['draft']:,.0f} us ({us['full'] / us['draft']:.2f}x); ours, simplejpeg n/8 + a window or one resize "
           f"{us['ours']:,.0f} us ({us['full'] / us['ours']:.2f}x)")
     mean, worst = quality(sample[:a.quality], a.size)
     print(f"2. quality, {a.quality} images: ours vs full decode + the same bicubic resize and crop: "

@@ -63,17 +63,39 @@ def test_preprocess_converts_every_mode(photo):
 
 
 def test_preprocess_resizes_the_shorter_side_and_crops_the_centre(photo):
-    img = Image.fromarray(photo)  # (H, W) = photo.shape[:2], either orientation
-    h, w = photo.shape[:2]
-    for size in ((32, 32), (24, 40)):
+    img = Image.fromarray(photo[:120, :144])  # the photo's shorter side is over 144
+    for size in ((30, 30), (20, 36), (15, 15)):  # scales whose resized sides are whole pixels
         out = np.zeros((3, *size), np.uint8)
         decode_into(_spec(size), _encoded(img, "PNG"), out)
         # The practitioner's way: resize the whole image so it covers, then crop the centre.
-        scale = max(size[0] / h, size[1] / w)
-        big = img.resize((round(w * scale), round(h * scale)), Image.Resampling.BICUBIC)
+        scale = max(size[0] / 120, size[1] / 144)
+        big = img.resize((round(144 * scale), round(120 * scale)), Image.Resampling.BICUBIC)
         left, top = (big.width - size[1]) // 2, (big.height - size[0]) // 2
         ref = np.asarray(big.crop((left, top, left + size[1], top + size[0]))).transpose(2, 0, 1)
         assert _psnr(out, ref) > 45, size  # the same pixels, up to rounding
+
+
+def test_preprocess_keeps_the_aspect_and_crops_on_whole_pixels():
+    for w, h, size in ((290, 256, (64, 64)), (256, 377, (64, 64)), (181, 150, (24, 40)), (150, 181, (40, 24))):
+        left, top, right, bottom = preprocess.crop_box(w, h, *size, None)
+        scale = max(size[0] / h, size[1] / w)
+        assert right - left == pytest.approx(size[1] / scale) and bottom - top == pytest.approx(size[0] / scale)
+        # the window's corner is a whole pixel of the image scaled by `scale`, near the centre
+        assert left * scale == pytest.approx(round(left * scale)) and top * scale == pytest.approx(round(top * scale))
+        assert abs(left + right - w) * scale <= 1 + 1e-9 and abs(top + bottom - h) * scale <= 1 + 1e-9
+        assert 0 <= left and right <= w and 0 <= top and bottom <= h
+
+
+def test_preprocess_jpeg_at_its_dct_scale_is_a_window_of_the_reduced_decode(photo):
+    import simplejpeg
+
+    data = _encoded(Image.fromarray(photo).resize((300, 256), Image.Resampling.BICUBIC), "JPEG")  # H 256, W 300
+    reduced = simplejpeg.decode_jpeg(data, "RGB", min_height=64, min_width=75)  # 1/4: 64 x 75
+    assert reduced.shape == (64, 75, 3)
+    out = np.zeros((3, 64, 64), np.uint8)
+    decode_into(_spec((64, 64)), data, out)
+    left = (75 - 64) // 2  # the scaled image is 64 x 75 exactly: its centre window, no resampling
+    assert np.array_equal(out, reduced[:, left:left + 64].transpose(2, 0, 1))
 
 
 @pytest.mark.parametrize("decoder", ["simplejpeg", "pillow"])

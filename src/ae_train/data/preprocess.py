@@ -2,14 +2,18 @@
 (antialiased) to cover `data.image_size`, the centre cropped (a random crop in training with
 `data.random_crop`), any mode converted to `data.image_mode`, optionally flipped horizontally.
 
-Resize and crop are one Pillow `resize` with a source box (the crop's footprint in the image), so
-only the pixels kept are computed. JPEGs are first decoded at the smallest DCT scale that still
-covers the target: libjpeg-turbo's scaled IDCT skips most of the full-size work. YCbCr and grey
-JPEGs go through simplejpeg (any n/8 scale, header parsed in C, colour converted by libjpeg: 12
-to 25% less CPU than Pillow's draft here, docs/BENCHMARKS.md); others (CMYK, ...) through
-Pillow's `Image.draft` (1/2, 1/4, 1/8). The box is mapped onto the reduced image exactly; where
-the reduced image is already at scale, a slice replaces the resize. Pixels go straight into the
-caller's slot of a preallocated batch, as uint8 C x H x W.
+The geometry (`crop_box`): one scale for both sides, the smallest that covers H x W (the aspect is
+kept exactly), and the crop window on whole pixels of the scaled image. Resize and crop are one
+Pillow `resize` with that source box (the crop's footprint in the image), so only the pixels kept
+are computed. JPEGs are first decoded at the smallest DCT scale that still covers the target:
+libjpeg-turbo's scaled IDCT skips most of the full-size work. YCbCr and grey JPEGs go through
+simplejpeg (any n/8 scale, header parsed in C, colour converted by libjpeg: 12 to 25% less CPU than
+Pillow's draft here, docs/BENCHMARKS.md); others (CMYK, ...) through Pillow's `Image.draft` (1/2,
+1/4, 1/8). The box is mapped onto the reduced image exactly. Where the DCT scale is the cover scale
+itself (sides of 256 px at 64, 512 at 128, 128 at 64), the window is whole pixels of the reduced
+decode and a slice replaces the resize: the decode is all the work (and it is closer to a full
+decode + resize than a second resampling would be: BENCHMARKS.md, "Images"). Pixels go straight into
+the caller's slot of a preallocated batch, as uint8 C x H x W.
 
 Augmentation is drawn per sample from a hash of (seed, epoch, sample key), never from a worker's
 running random state: a sample gets the same crop and flip whichever rank or worker reads it, and
@@ -48,19 +52,26 @@ def draw(seed: int, epoch: int, key: str) -> tuple[float, float, bool]:
     return (a >> 1) / 0x7FFFFFFF, (b >> 1) / 0x7FFFFFFF, bool(a & 1)
 
 
+def _spare(scaled: float, out: int) -> float:
+    """What a scaled side has beyond the output (>= 0), a whole number where float noise hides one."""
+    spare = max(0.0, scaled - out)
+    return float(round(spare)) if abs(spare - round(spare)) < 1e-6 else spare
+
+
 def crop_box(width: int, height: int, out_h: int, out_w: int, at: tuple[float, float] | None) -> tuple[float, ...]:
     """The source box (left, top, right, bottom) whose resize to (out_w, out_h) is "shorter side resized
-    to cover, then cropped": the image resized to whole pixels (round(w * s) x round(h * s)), cropped at
-    whole-pixel offsets, the centre when `at` is None, else at fractions (y, x) of the free range."""
+    to cover, then cropped": one scale for both sides (the aspect kept exactly), the crop window on
+    whole pixels of the scaled image, the centre when `at` is None, else at fractions (y, x) of the
+    free range. Where a JPEG's reduced DCT scale is that scale (256 px sides at 64), the window is whole
+    pixels of the reduced decode: a slice, no resampling."""
     scale = max(out_h / height, out_w / width)  # the resize factor that covers both sides
-    big_w, big_h = max(out_w, round(width * scale)), max(out_h, round(height * scale))
-    free_x, free_y = big_w - out_w, big_h - out_h
-    if at is None:
-        left, top = free_x // 2, free_y // 2
+    spare_x, spare_y = _spare(width * scale, out_w), _spare(height * scale, out_h)  # scaled pixels left over
+    free_x, free_y = math.floor(spare_x), math.floor(spare_y)  # whole pixels the window can move by
+    if at is None:  # the whole-pixel window nearest the centre (the lower one on a tie, as `(big - out) // 2`)
+        left, top = min(free_x, math.ceil(spare_x / 2 - 0.5)), min(free_y, math.ceil(spare_y / 2 - 0.5))
     else:
         top, left = round(at[0] * free_y), round(at[1] * free_x)
-    sx, sy = big_w / width, big_h / height  # per side, as the whole-pixel resize has them
-    box = (left / sx, top / sy, (left + out_w) / sx, (top + out_h) / sy)
+    box = (left / scale, top / scale, (left + out_w) / scale, (top + out_h) / scale)
     return (max(0.0, box[0]), max(0.0, box[1]), min(float(width), box[2]), min(float(height), box[3]))
 
 

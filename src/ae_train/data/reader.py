@@ -356,7 +356,7 @@ class ShardBatches(IterableDataset):
         at most data.shuffle_buffer samples after it arrived, so that many raw members are held here."""
         url = self.urls[piece.shard]
         log.debug(lf.OPENING.template, url, piece.start, piece.stop, self.counts[piece.shard])
-        stream, samples = open_samples(url, {self.sample_key})
+        stream, samples = open_samples(url, {self.sample_key}, views=True)  # members decoded in place
         if self.stage_times is not None:
             samples = self.stage_times.timed_iter(("read", "read_wait"), samples)  # nothing read ahead here
         try:

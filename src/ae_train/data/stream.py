@@ -1,21 +1,27 @@
 """The streaming tar walk: samples of a shard read front to back from any byte stream, gzip or not.
 
 For shards that are remote, compressed, or too large to hold whole (data.buffer_mb): memory is one
-read chunk, the member being read, and what the caller keeps. Headers are read by tario.py, as the
+read chunk, the member being read, and what the caller keeps. A local uncompressed shard is walked
+in place instead (source.map_shard): its pages come from the page cache as the walk reaches them,
+and with `views` its members are handed out as views of the map, so no byte of it is copied
+before the decoder reads it (2x less walk time per sample than reading it in chunks, BENCHMARKS.md). Headers are read by tario.py, as the
 generic walk reads them (checksums, GNU long names, pax records), and a damaged tar is the same
 ShardError text; samples are grouped by WebDataset's key rule (`split_key`). Only the stream's own
 failures are worded here: a broken gzip stream, an empty one.
 """
 from __future__ import annotations
 
+import mmap
 import zlib
 from typing import Iterator
 
 from .tario import BLOCK, END_BLOCK, NAME_HEADERS, REGULAR, NameHeaders, ShardError, incomplete_header, padded, \
     read_header, split_key, truncated
-from .source import open_shard
+from .source import map_shard, open_shard
 
 CHUNK = 1 << 20
+DROP_EVERY = 16 << 20  # a mapped shard's pages walked past are dropped from the process this often
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)  # Linux and the BSDs; elsewhere pages stay mapped until the end
 
 
 class _Bytes:
@@ -73,7 +79,7 @@ class _Bytes:
             self.buf += data
         return True
 
-    def take(self, n: int) -> bytes | None:
+    def take(self, n: int) -> bytes:
         """The next n bytes, or what is left (shorter) at the end of the stream."""
         while len(self.buf) - self.pos < n and self._more():
             pass
@@ -93,15 +99,59 @@ class _Bytes:
             done += step
         return done
 
+    def header(self) -> bytes:
+        return self.take(BLOCK)
+
+
+class _Mapped:
+    """A mapped shard (source.map_shard) read front to back as `_Bytes` reads a stream: headers copied
+    (512 bytes), members handed out as views of the map with `views`, else copied once. Every
+    DROP_EVERY bytes the pages walked past leave the process (MADV_DONTNEED: on a file mapping they
+    stay in the page cache, and a member still held is read back from there when it is used), so a
+    worker's resident memory stays about DROP_EVERY plus its held members, whatever the shard size."""
+
+    def __init__(self, mapped, views: bool):
+        self.map, self.pos, self.size, self.dropped = mapped, 0, len(mapped), 0
+        self.view = memoryview(mapped) if views else None
+
+    def header(self) -> bytes:
+        if self.pos - self.dropped >= DROP_EVERY and _DONTNEED is not None:
+            self.dropped = self.pos - self.pos % mmap.PAGESIZE
+            self.map.madvise(_DONTNEED, 0, self.dropped)
+        out = self.map[self.pos:self.pos + BLOCK]
+        self.pos += len(out)
+        return out
+
+    def take(self, n: int):
+        end = min(self.pos + n, self.size)
+        out = self.view[self.pos:end] if self.view is not None else self.map[self.pos:end]
+        self.pos = end
+        return out
+
+    def skip(self, n: int) -> int:
+        n = min(n, self.size - self.pos)
+        self.pos += n
+        return n
+
+    def close(self) -> None:
+        """Unmapped now, or when the caller lets go of the last member view it still holds."""
+        if self.view is not None:
+            self.view.release()
+        try:
+            self.map.close()
+        except BufferError:  # member views still held: the map goes with the last of them
+            pass
+
 
 def iter_samples(stream, want: set[str] | None = None) -> Iterator[tuple[str, dict[str, bytes | None]]]:
-    """(key, {ext: data}) per sample in tar order. Data is kept for the extensions in `want` (all when
-    None) and None for the others, which are skipped over without a copy."""
-    src = _Bytes(stream)
+    """(key, {ext: data}) per sample in tar order, from a binary stream or a `_Mapped` shard. Data is
+    kept for the extensions in `want` (all when None) and None for the others, which are skipped
+    over without a copy."""
+    src = stream if isinstance(stream, _Mapped) else _Bytes(stream)
     at, names = 0, NameHeaders()
     key, parts = None, {}
     while True:
-        block = src.take(BLOCK)
+        block = src.header()
         if len(block) < BLOCK:
             if block:
                 raise incomplete_header(at)
@@ -116,9 +166,8 @@ def iter_samples(stream, want: set[str] | None = None) -> Iterator[tuple[str, di
             name, size = names.member(block, size)
             k, ext = split_key(name)
             if want is None or ext in want:
-                data = src.take(padded(size))
-                got = len(data)
-                data = data[:size]
+                data = src.take(size)
+                got = len(data) + src.skip(padded(size) - size)
             else:
                 got, data = src.skip(padded(size)), None
             if got < size:
@@ -132,7 +181,7 @@ def iter_samples(stream, want: set[str] | None = None) -> Iterator[tuple[str, di
             data = src.take(padded(size))
             if len(data) < size:
                 raise truncated(f"at byte {at}", size, data_at + len(data))
-            names.add(kind, data[:size], at)
+            names.add(kind, bytes(data[:size]), at)
         else:
             names.clear()
             got = src.skip(padded(size))
@@ -143,7 +192,13 @@ def iter_samples(stream, want: set[str] | None = None) -> Iterator[tuple[str, di
         yield key, parts
 
 
-def open_samples(url: str, want: set[str] | None = None):
-    """(stream, samples iterator) of a shard URL; close the stream when done."""
+def open_samples(url: str, want: set[str] | None = None, views: bool = False):
+    """(stream, samples iterator) of a shard URL; close the stream when done. A local uncompressed
+    shard is read in place; with `views` its members are memoryviews of it (valid until the caller
+    drops them, even past close), else bytes."""
+    mapped = map_shard(url)
+    if mapped is not None:
+        src = _Mapped(mapped, views)
+        return src, iter_samples(src, want)
     stream = open_shard(url)
     return stream, iter_samples(stream, want)
