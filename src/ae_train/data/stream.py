@@ -21,7 +21,7 @@ from .tario import BLOCK, END_BLOCK, NAME_HEADERS, REGULAR, NameHeaders, ShardEr
 from .source import map_shard, open_shard
 
 CHUNK = 1 << 20
-DROP_EVERY = 16 << 20  # a mapped shard's pages walked past are dropped from the process this often
+DROP_EVERY = 4 << 20  # a mapped shard's pages walked past are dropped from the process this often
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", None)  # Linux and the BSDs; elsewhere pages stay mapped until the end
 
 
