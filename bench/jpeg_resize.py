@@ -10,7 +10,8 @@ quality 90; `.txt` and `.json` beside) of
 photo-like images (data/make.py `photo_like`: crops of colour 1/f noise, which cost what photos cost
 to decode) into a temporary directory (or DIR, reused). Then, in one run:
 1. CPU time per image in one process: Pillow's full decode + resize + crop; ours with Pillow's draft
-   only; ours (simplejpeg's n/8 scales), interleaved image by image;
+   only; ours (simplejpeg's n/8 scales) and the reduced decode alone within it, interleaved image by image;
+   the share of images that are a window of the reduced decode (a slice, no resize);
 2. quality over `--quality` images: PSNR of ours against a full decode with the same antialiased
    (bicubic) resize and crop; mean and worst image;
 3. the plain webdataset pipeline: `wds.WebDataset(urls).decode("pil").to_tuple("jpg")`, each image
@@ -18,6 +19,8 @@ to decode) into a temporary directory (or DIR, reused). Then, in one run:
    uint8 C x H x W array, `.batched(B)`, a DataLoader with `--workers` persistent workers; the first
    pass warms up, the second is timed;
 4. `ae-train bench-data --data.image_size=SIZE --data.num_workers=W` on the same shards: its `workers` row;
+5. the loader in one process with the image decode taken out: what the tar walk, ordering and batching
+   cost per sample, local shards walked in place (mapped) vs read as a stream in 1 MB chunks;
 3 and 4 alternate `--rounds` times (the machine's other load drifts). Each round's ratio compares two
 passes measured back to back, under the same load; the verdict is the median of these paired ratios.
 The ratio of the two medians is printed too: it divides rates measured minutes apart, and on a shared
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import re
 import statistics
@@ -94,10 +98,11 @@ def jpegs(urls: list[str], limit: int) -> list[bytes]:
 
 def per_image(data: list[bytes], size: int, rounds: int = 3) -> dict[str, float]:
     """CPU time per image (µs, this process, summed over interleaved rounds: steady under other load) of
-    a full decode + practitioner resize, ours with Pillow's draft only, and ours (simplejpeg's n/8 scales)."""
+    a full decode + practitioner resize, ours with Pillow's draft only, ours (simplejpeg's n/8 scales),
+    and the libjpeg-turbo decode alone inside ours."""
     out = np.empty((3, size, size), np.uint8)
     turbo = preprocess.simplejpeg
-    spent = {"full": 0.0, "draft": 0.0, "ours": 0.0}
+    spent = {"full": 0.0, "draft": 0.0, "ours": 0.0, "decode": 0.0}
     for _ in range(rounds):
         for d in data:
             t0 = time.process_time()
@@ -109,10 +114,44 @@ def per_image(data: list[bytes], size: int, rounds: int = 3) -> dict[str, float]
             t2 = time.process_time()
             preprocess.image_into(d, out, "RGB")
             t3 = time.process_time()
+            reduced_decode(d, size)
+            t4 = time.process_time()
             spent["full"] += t1 - t0
             spent["draft"] += t2 - t1
             spent["ours"] += t3 - t2
+            spent["decode"] += t4 - t3
     return {k: 1e6 * v / (rounds * len(data)) for k, v in spent.items()}
+
+
+def reduced_decode(d: bytes, size: int) -> tuple[np.ndarray, float, tuple]:
+    """Ours up to the pixels: (libjpeg-turbo's reduced-scale decode, its scale, the crop box in it)."""
+    height, width, _, _ = preprocess.simplejpeg.decode_jpeg_header(d)
+    cover = size / min(height, width)
+    pixels, scale = preprocess._turbo_scaled(d, "RGB", height, width, math.ceil(height * cover),
+                                             math.ceil(width * cover))
+    return pixels, scale, tuple(v * scale for v in preprocess.crop_box(width, height, size, size, None))
+
+
+def window_share(data: list[bytes], size: int) -> float:
+    """The fraction of images whose crop is whole pixels of the reduced decode: a slice, no resize."""
+    return sum(preprocess._window(reduced_decode(d, size)[2], size, size) is not None for d in data) / len(data)
+
+
+def beside_decode(directory: Path, size: int, batch: int) -> dict[str, float]:
+    """CPU µs per sample of the loader in one process with the image decode taken out (the tar walk,
+    ordering, batching): local shards walked in place (mapped) vs read as a stream in 1 MB chunks."""
+    from ae_train.data import stream
+
+    spent, decode, mapper = {}, preprocess.image_into, stream.map_open
+    preprocess.image_into = lambda *args, **kwargs: None
+    try:
+        for name, patch in (("mapped", mapper), ("chunks", lambda f: None)) * 2:
+            stream.map_open = patch
+            _, us, _ = ours_cpu(directory, size, batch, 0)
+            spent[name] = min(spent.get(name, us), us)
+    finally:
+        preprocess.image_into, stream.map_open = decode, mapper
+    return spent
 
 
 def quality(data: list[bytes], size: int) -> tuple[float, float]:
@@ -233,7 +272,9 @@ def main() -> int:
     us = per_image(sample[:300], a.size)
     print(f"\n1. CPU per image, one process: full decode + resize + crop {us['full']:,.0f} us; Pillow draft + one "
           f"resize {us['draft']:,.0f} us ({us['full'] / us['draft']:.2f}x); ours, simplejpeg n/8 + a window or one resize "
-          f"{us['ours']:,.0f} us ({us['full'] / us['ours']:.2f}x)")
+          f"{us['ours']:,.0f} us ({us['full'] / us['ours']:.2f}x), of which libjpeg-turbo's reduced decode "
+          f"{us['decode']:,.0f} us; {window_share(sample[:300], a.size):.0%} of the images are a window of it (a "
+          f"slice, no resize)")
     mean, worst = quality(sample[:a.quality], a.size)
     print(f"2. quality, {a.quality} images: ours vs full decode + the same bicubic resize and crop: "
           f"PSNR mean {mean:.1f} dB, worst image {worst:.1f} dB")
@@ -259,6 +300,9 @@ def main() -> int:
     print(f"CPU per sample, all processes of the loader (main + {a.workers} workers), a whole pass: plain webdataset "
           f"{wds_us:,.0f} us, ae-train {our_us:,.0f} us: {wds_us / our_us:.2f}x less CPU (what the ratio would be "
           f"with the cores to themselves)")
+    beside = beside_decode(directory, a.size, a.batch)
+    print(f"the loader beside the decode (walk, order, batching), one process, CPU per sample: {beside['mapped']:,.0f} us "
+          f"with local shards walked in place, {beside['chunks']:,.0f} us read in 1 MB chunks")
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -4,10 +4,10 @@ One non-finite input poisons the model: its loss, then through the gradient all-
 every rank, then every checkpoint. So each float batch is checked where a worker just filled it, in
 one pass of `np.isfinite` (a dot product of the batch with itself, finite when every value is, was
 measured against it in bench/hand_written.py: 1.16x alone, 0.96x-1.02x end to end, so the plain check
-stays). Only a batch that fails is looked at row by row. A bad sample is left out: its row takes a copy of a finite sample of
-the same batch (batch counts stay equal on every rank), a WARNING names its key and shard, and it is
-counted for the epoch summary; data.max_shard_errors is not touched (one bad sample is not a bad shard).
-uint8 images cannot hold either and are not checked.
+stays). Only a batch that fails is looked at row by row. A bad sample is left out: its row takes a
+copy of a finite sample of the same batch (batch counts stay equal on every rank), a WARNING names
+its key and shard, and it is counted for the epoch summary; data.max_shard_errors is not touched (one
+bad sample is not a bad shard). uint8 images cannot hold either and are not checked.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ path and streaming alike.
 `open_shard(url)` is a binary stream of the shard's bytes, still compressed if it is: a local path
 or `file:` URL is the file itself (seekable: counting a local tar reads its headers only), any other
 URL goes through remote.py, whose streams retry transient failures and resume where they broke.
-`map_shard(url)` maps a local uncompressed shard read-only: the streamed walk reads it in place,
+`map_open(stream)` maps such a local uncompressed shard read-only: the streamed walk reads it in place,
 its members views of the page cache, with no read call, buffer or copy of its own.
 
 The fast path holds a local shard whole (`read_shard`: one read call, the next shard read ahead in a
@@ -30,23 +30,27 @@ def open_shard(url: str):
     return open_remote(url)
 
 
-def map_shard(url: str) -> mmap.mmap | None:
-    """A local, regular, uncompressed (no gzip magic) shard mapped read-only, or None where a map does
-    not apply (remote, gzip, empty, a FIFO or device): open_shard's stream then. A missing file is
-    open's OSError, as with open_shard. The file must not shrink while mapped: reading a page cut
-    off by truncation is SIGBUS, as with any mapped file (shards are replaced whole, never rewritten
-    in place, by every writer here and by webdataset's)."""
-    path = local_path(url)
-    if path is None:
+def map_open(stream) -> mmap.mmap | None:
+    """An open shard (open_shard's stream, at its start) mapped read-only when it is a local regular
+    file without gzip magic; None otherwise (remote, gzip, empty, a FIFO or device), the stream then
+    still at its start. The file must not shrink while mapped: reading a page cut off by truncation
+    is SIGBUS, as with any mapped file (shards are replaced whole, never rewritten in place, by every
+    writer here and by webdataset's)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError):  # remote streams have no file (io.UnsupportedOperation)
         return None
-    with open(path, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or f.read(2) == b"\x1f\x8b":
-            return None
-        try:
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):  # empty, or a file system without mmap
-            return None
-    if hasattr(mapped, "madvise"):  # front to back: the kernel reads ahead further and drops pages behind
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return None
+    magic = stream.read(2)
+    stream.seek(0)
+    if magic == b"\x1f\x8b":
+        return None
+    try:
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # empty, or a file system without mmap
+        return None
+    if hasattr(mapped, "madvise"):  # front to back: the kernel reads ahead further
         mapped.madvise(mmap.MADV_SEQUENTIAL)
     return mapped
 

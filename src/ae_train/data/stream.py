@@ -2,10 +2,10 @@
 
 For shards that are remote, compressed, or too large to hold whole (data.buffer_mb): memory is one
 read chunk, the member being read, and what the caller keeps. A local uncompressed shard is walked
-in place instead (source.map_shard): its pages come from the page cache as the walk reaches them,
+in place instead (source.map_open): its pages come from the page cache as the walk reaches them,
 and with `views` its members are handed out as views of the map, so no byte of it is copied
-before the decoder reads it (a JPEG worker's cost beside the decode: 42 vs 68 us per sample read
-in chunks, BENCHMARKS.md "Images"). Headers are read by tario.py, as the generic walk reads them
+before the decoder reads it (a JPEG worker's cost beside the decode: 55 vs 86 us per sample read
+in chunks, bench/jpeg_resize.py). Headers are read by tario.py, as the generic walk reads them
 (checksums, GNU long names, pax records), and a damaged tar is the same ShardError text; samples
 are grouped by WebDataset's key rule (`split_key`). Only the stream's own failures are worded here:
 a broken gzip stream, an empty one.
@@ -18,7 +18,7 @@ from typing import Iterator
 
 from .tario import BLOCK, END_BLOCK, NAME_HEADERS, REGULAR, NameHeaders, ShardError, incomplete_header, padded, \
     read_header, split_key, truncated
-from .source import map_shard, open_shard
+from .source import map_open, open_shard
 
 CHUNK = 1 << 20
 DROP_EVERY = 4 << 20  # a mapped shard's pages walked past are dropped from the process this often
@@ -105,7 +105,7 @@ class _Bytes:
 
 
 class _Mapped:
-    """A mapped shard (source.map_shard) read front to back as `_Bytes` reads a stream: headers copied
+    """A mapped shard (source.map_open) read front to back as `_Bytes` reads a stream: headers copied
     (512 bytes), members handed out as views of the map with `views`, else copied once. Every
     DROP_EVERY bytes the pages walked past leave the process (MADV_DONTNEED: on a file mapping they
     stay in the page cache, and a member still held is read back from there when it is used), so a
@@ -197,9 +197,14 @@ def open_samples(url: str, want: set[str] | None = None, views: bool = False):
     """(stream, samples iterator) of a shard URL; close the stream when done. A local uncompressed
     shard is read in place; with `views` its members are memoryviews of it (valid until the caller
     drops them, even past close), else bytes."""
-    mapped = map_shard(url)
-    if mapped is not None:
-        src = _Mapped(mapped, views)
-        return src, iter_samples(src, want)
     stream = open_shard(url)
-    return stream, iter_samples(stream, want)
+    try:
+        mapped = map_open(stream)
+    except BaseException:
+        stream.close()
+        raise
+    if mapped is None:
+        return stream, iter_samples(stream, want)
+    stream.close()  # the map keeps the file
+    src = _Mapped(mapped, views)
+    return src, iter_samples(src, want)
